@@ -1,0 +1,44 @@
+# The two set-up commands: `make run` and `make test`.
+SHELL := /bin/bash
+CARGO ?= cargo
+TEST_VENV := .cache/test-venv
+PORT ?= 8080
+
+.PHONY: run test models build release test-rust test-integration fmt lint clean-models
+
+## Fetch the default models once, build in release mode, serve on $(PORT).
+run: models release
+	PORT=$(PORT) ./target/release/keel serve
+
+## Unit tests, then the integration tests against the real server and real models.
+test: models lint test-rust test-integration
+
+models:
+	bash scripts/fetch-models.sh
+
+release:
+	$(CARGO) build --release --bin keel
+
+build:
+	$(CARGO) build --bin keel
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --all-targets -- -D warnings
+
+test-rust:
+	$(CARGO) test --workspace
+
+$(TEST_VENV)/.installed: tests/requirements.txt
+	python3 -m venv $(TEST_VENV)
+	$(TEST_VENV)/bin/pip install -q -r tests/requirements.txt
+	touch $@
+
+test-integration: build $(TEST_VENV)/.installed
+	KEEL_BIN=$(CURDIR)/target/debug/keel $(TEST_VENV)/bin/python -m pytest -q tests/integration
+
+fmt:
+	$(CARGO) fmt --all
+
+clean-models:
+	rm -rf models .cache/wheels

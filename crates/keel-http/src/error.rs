@@ -1,0 +1,85 @@
+//! The one error type of the HTTP edge: a status and `{"error": {"code", "message"}}`.
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use keel_engine::EngineError;
+use serde_json::json;
+
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+    /// Seconds after which a retry may succeed (429, 503).
+    pub retry_after: Option<u32>,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+            retry_after: None,
+        }
+    }
+
+    pub fn invalid(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_request", message)
+    }
+
+    pub fn retry_after(mut self, seconds: u32) -> Self {
+        self.retry_after = Some(seconds);
+        self
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        if self.status.is_server_error() {
+            tracing::error!(code = self.code, message = %self.message, "request failed");
+        }
+        let body = Json(json!({"error": {"code": self.code, "message": self.message}}));
+        let mut response = (self.status, body).into_response();
+        if let Some(seconds) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        response
+    }
+}
+
+impl From<EngineError> for ApiError {
+    fn from(e: EngineError) -> Self {
+        let message = e.to_string();
+        use StatusCode as S;
+        match e {
+            EngineError::UnknownModel(_) | EngineError::NoModelForTask(_) => {
+                Self::new(S::UNPROCESSABLE_ENTITY, "model_not_found", message)
+            }
+            EngineError::WrongTask { .. } => {
+                Self::new(S::UNPROCESSABLE_ENTITY, "wrong_task", message)
+            }
+            EngineError::EmptyInput { .. } => {
+                Self::new(S::UNPROCESSABLE_ENTITY, "empty_input", message)
+            }
+            EngineError::InputTooLong { .. } => {
+                Self::new(S::UNPROCESSABLE_ENTITY, "input_too_long", message)
+            }
+            EngineError::Tokenization(_) => {
+                Self::new(S::UNPROCESSABLE_ENTITY, "tokenization_failed", message)
+            }
+            EngineError::NotReady { .. } => {
+                Self::new(S::SERVICE_UNAVAILABLE, "model_not_ready", message).retry_after(5)
+            }
+            EngineError::QueueFull(_) => {
+                Self::new(S::TOO_MANY_REQUESTS, "queue_full", message).retry_after(1)
+            }
+            EngineError::Inference(_) | EngineError::WorkerStopped(_) => {
+                Self::new(S::INTERNAL_SERVER_ERROR, "inference_failed", message)
+            }
+        }
+    }
+}

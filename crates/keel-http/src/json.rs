@@ -1,0 +1,113 @@
+//! A JSON body extractor whose every failure is an [`ApiError`] with the right status:
+//! 415 for a wrong content type, 413 for a body over the limit, 400 for malformed JSON,
+//! 422 for well-formed JSON with wrong or missing fields.
+
+use axum::body::Bytes;
+use axum::extract::{FromRequest, Request};
+use axum::http::{header, HeaderMap, StatusCode};
+use serde::de::DeserializeOwned;
+
+use crate::error::ApiError;
+
+pub struct JsonBody<T>(pub T);
+
+/// The raw body, with axum's rejections turned into [`ApiError`]s.
+pub async fn read_body<S: Send + Sync>(req: Request, state: &S) -> Result<Bytes, ApiError> {
+    Bytes::from_request(req, state).await.map_err(|rejection| {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "body_too_large",
+                "the request body is larger than MAX_BODY_BYTES allows",
+            )
+        } else {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "unreadable_body",
+                format!("cannot read the request body: {rejection}"),
+            )
+        }
+    })
+}
+
+pub fn check_json_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
+    let is_json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .map(|mime| {
+            let mime = mime.trim().to_ascii_lowercase();
+            mime == "application/json"
+                || (mime.starts_with("application/") && mime.ends_with("+json"))
+        })
+        .unwrap_or(false);
+    if is_json {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "expected a body with Content-Type: application/json",
+        ))
+    }
+}
+
+pub fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(body).map_err(|e| {
+        use serde_json::error::Category;
+        match e.classify() {
+            Category::Data => ApiError::invalid(e.to_string()),
+            Category::Syntax | Category::Eof | Category::Io => ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "malformed_json",
+                format!("the body is not valid JSON: {e}"),
+            ),
+        }
+    })
+}
+
+impl<S, T> FromRequest<S> for JsonBody<T>
+where
+    S: Send + Sync,
+    T: DeserializeOwned,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        check_json_content_type(req.headers())?;
+        let body = read_body(req, state).await?;
+        parse_json(&body).map(JsonBody)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(serde::Deserialize, Debug)]
+    #[allow(dead_code)]
+    struct Body {
+        text: String,
+    }
+
+    #[test]
+    fn syntax_errors_are_400_and_type_errors_are_422() {
+        assert_eq!(parse_json::<Body>(b"{\"text\":").unwrap_err().status, 400);
+        assert_eq!(parse_json::<Body>(b"{\"text\":1}").unwrap_err().status, 422);
+        assert_eq!(parse_json::<Body>(b"{}").unwrap_err().status, 422);
+        assert!(parse_json::<Body>(b"{\"text\":\"ok\"}").is_ok());
+    }
+
+    #[test]
+    fn content_type_may_carry_a_charset() {
+        let mut h = HeaderMap::new();
+        assert_eq!(check_json_content_type(&h).unwrap_err().status, 415);
+        h.insert(
+            header::CONTENT_TYPE,
+            "application/json; charset=utf-8".parse().unwrap(),
+        );
+        assert!(check_json_content_type(&h).is_ok());
+        h.insert(header::CONTENT_TYPE, "text/plain".parse().unwrap());
+        assert_eq!(check_json_content_type(&h).unwrap_err().status, 415);
+    }
+}

@@ -1,0 +1,49 @@
+//! Keel's HTTP API.
+//!
+//! One file per route group under [`routes`]; every handler parses its body with
+//! [`json::JsonBody`] and fails with [`error::ApiError`], so every client mistake becomes a
+//! `{"error": {"code", "message"}}` body with a 4xx status, never a 500.
+
+pub mod error;
+pub mod json;
+pub mod routes;
+
+use std::sync::Arc;
+
+use axum::extract::DefaultBodyLimit;
+use axum::Router;
+use keel_engine::ModelRegistry;
+use tower_http::trace::TraceLayer;
+
+/// Limits that the handlers enforce.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Largest request body, in bytes.
+    pub max_body_bytes: usize,
+    /// Most inputs one request may carry.
+    pub max_client_batch: usize,
+}
+
+/// Everything a handler can reach.
+#[derive(Clone)]
+pub struct AppState {
+    pub registry: Arc<ModelRegistry>,
+    pub limits: Limits,
+    /// The effective settings, secrets removed, shown by `/info`.
+    pub settings: Arc<serde_json::Value>,
+}
+
+pub fn router(state: AppState) -> Router {
+    let body_limit = state.limits.max_body_bytes;
+    Router::new()
+        .merge(routes::health::routes())
+        .merge(routes::predict::routes())
+        .merge(routes::embeddings::routes())
+        .merge(routes::models::routes())
+        .merge(routes::openapi::routes())
+        .fallback(routes::not_found)
+        .method_not_allowed_fallback(routes::method_not_allowed)
+        .layer(DefaultBodyLimit::max(body_limit))
+        .layer(TraceLayer::new_for_http())
+        .with_state(state)
+}

@@ -1,0 +1,117 @@
+//! OpenAI-compatible embeddings: `POST /v1/embeddings`.
+//!
+//! Shape-compatible with OpenAI's API so the official SDKs work unchanged; note that those
+//! SDKs ask for `encoding_format: "base64"` by default (little-endian f32 bytes).
+
+use axum::extract::State;
+use axum::routing::post;
+use axum::{Json, Router};
+use base64::Engine as _;
+use keel_engine::Task;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::{check_input_count, TextOrTexts};
+use crate::error::ApiError;
+use crate::json::JsonBody;
+use crate::AppState;
+
+pub fn routes() -> Router<AppState> {
+    Router::new().route("/v1/embeddings", post(embeddings))
+}
+
+#[derive(Debug, Deserialize, Default, Clone, Copy, PartialEq)]
+#[serde(rename_all = "lowercase")]
+enum EncodingFormat {
+    #[default]
+    Float,
+    Base64,
+}
+
+#[derive(Debug, Deserialize)]
+struct EmbeddingsRequest {
+    input: Value,
+    model: Option<String>,
+    #[serde(default)]
+    encoding_format: Option<EncodingFormat>,
+    dimensions: Option<usize>,
+    #[allow(dead_code)]
+    user: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+struct EmbeddingsResponse {
+    object: &'static str,
+    data: Vec<EmbeddingObject>,
+    model: String,
+    usage: Usage,
+}
+
+#[derive(Debug, Serialize)]
+struct EmbeddingObject {
+    object: &'static str,
+    embedding: Value,
+    index: usize,
+}
+
+#[derive(Debug, Serialize)]
+struct Usage {
+    prompt_tokens: usize,
+    total_tokens: usize,
+}
+
+fn texts(input: Value) -> Result<Vec<String>, ApiError> {
+    match serde_json::from_value::<TextOrTexts>(input) {
+        Ok(t) => Ok(t.into_vec()),
+        Err(_) => Err(ApiError::invalid(
+            "\"input\" must be a string or an array of strings (token-id inputs are not supported)",
+        )),
+    }
+}
+
+async fn embeddings(
+    State(state): State<AppState>,
+    JsonBody(request): JsonBody<EmbeddingsRequest>,
+) -> Result<Json<EmbeddingsResponse>, ApiError> {
+    let texts = texts(request.input)?;
+    check_input_count(&texts, &state.limits)?;
+    let model = state
+        .registry
+        .get(request.model.as_deref(), Task::Embedding)?;
+    if let Some(d) = request.dimensions {
+        if d != model.spec.dimensions {
+            return Err(ApiError::invalid(format!(
+                "model '{}' produces {} dimensions; \"dimensions\" must be {} or absent",
+                model.name, model.spec.dimensions, model.spec.dimensions
+            )));
+        }
+    }
+    let format = request.encoding_format.unwrap_or_default();
+    let inference = model.embed(texts).await?;
+    let prompt_tokens = inference.tokens.iter().sum();
+    let data = inference
+        .outputs
+        .into_iter()
+        .enumerate()
+        .map(|(index, vector)| EmbeddingObject {
+            object: "embedding",
+            embedding: match format {
+                EncodingFormat::Float => Value::from(vector),
+                EncodingFormat::Base64 => {
+                    let bytes: Vec<u8> = vector.iter().flat_map(|x| x.to_le_bytes()).collect();
+                    Value::from(base64::engine::general_purpose::STANDARD.encode(bytes))
+                }
+            },
+            index,
+        })
+        .collect();
+    Ok(Json(EmbeddingsResponse {
+        object: "list",
+        data,
+        model: model.name.clone(),
+        usage: Usage {
+            prompt_tokens,
+            total_tokens: prompt_tokens,
+        },
+    }))
+}

@@ -1,0 +1,46 @@
+//! The `keel` binary: parses the command line and the settings, then serves.
+
+mod logging;
+mod serve;
+mod settings;
+
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "keel",
+    version,
+    about = "Keel: a production runtime for AI models"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Load the configured models and serve them over HTTP (the default).
+    Serve,
+}
+
+fn main() {
+    let matches = Cli::command()
+        .after_help(settings::help_table())
+        .get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    match cli.command.unwrap_or(Command::Serve) {
+        Command::Serve => {
+            let settings = match settings::Settings::from_env() {
+                Ok(s) => s,
+                Err(e) => {
+                    eprintln!("keel: {e}");
+                    std::process::exit(2);
+                }
+            };
+            if let Err(e) = serve::run(settings) {
+                eprintln!("keel: {e:#}");
+                std::process::exit(1);
+            }
+        }
+    }
+}

@@ -1,0 +1,108 @@
+//! Wiring: settings -> registry (models loading in the background) -> HTTP server, and the
+//! shutdown signal.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context;
+use keel_engine::registry::EngineOptions;
+use keel_engine::{BackendLoader, ModelRegistry};
+use keel_http::{AppState, Limits};
+use tokio::net::TcpListener;
+
+use crate::logging;
+use crate::settings::Settings;
+
+pub fn run(settings: Settings) -> anyhow::Result<()> {
+    logging::init(&settings);
+    // The backend's own parallelism; sized once so inference does not oversubscribe the CPU.
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(settings.inference_threads)
+        .thread_name(|i| format!("keel-compute-{i}"))
+        .build_global()
+        .context("starting the inference thread pool")?;
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("keel-http")
+        .build()
+        .context("starting the async runtime")?
+        .block_on(serve(settings))
+}
+
+async fn serve(settings: Settings) -> anyhow::Result<()> {
+    let registry = ModelRegistry::new(settings.models.clone());
+    let loader: BackendLoader = Arc::new(keel_backend_candle::load);
+    registry.start_loading(
+        loader,
+        EngineOptions {
+            max_batch_size: settings.max_batch_size,
+            queue_capacity: settings.max_queue_requests,
+            max_input_tokens: settings.max_input_tokens,
+            truncate: settings.truncate,
+        },
+    );
+    if settings.fail_fast {
+        tokio::spawn(exit_when_a_model_fails(registry.clone()));
+    }
+
+    let state = AppState {
+        registry: registry.clone(),
+        limits: Limits {
+            max_body_bytes: settings.max_body_bytes,
+            max_client_batch: settings.max_client_batch,
+        },
+        settings: Arc::new(settings.public_view()),
+    };
+    let addr = SocketAddr::new(settings.host, settings.port);
+    let listener = TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr}"))?;
+    let local = listener.local_addr()?;
+    tracing::info!(addr = %local, port = local.port(), models = settings.models.len(), "listening");
+
+    axum::serve(listener, keel_http::router(state))
+        .with_graceful_shutdown(shutdown_signal(registry))
+        .await
+        .context("serving HTTP")?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// With `KEEL_FAIL_FAST`, a model that fails to load ends the process (status 1) so that an
+/// orchestrator sees a crash instead of a pod that never becomes ready.
+async fn exit_when_a_model_fails(registry: Arc<ModelRegistry>) {
+    let mut changes = registry.subscribe();
+    loop {
+        let report = registry.readiness();
+        if report.status == "failed" {
+            tracing::error!(models = ?report.models, "a model failed to load and KEEL_FAIL_FAST is set; exiting");
+            std::process::exit(1);
+        }
+        if report.is_ready() || changes.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Resolves on SIGTERM or SIGINT, after marking the registry as draining so `/ready` turns
+/// 503 at once; axum then stops accepting and lets in-flight requests finish.
+async fn shutdown_signal(registry: Arc<ModelRegistry>) {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = interrupt => {},
+        _ = terminate => {},
+    }
+    tracing::info!("shutdown requested; draining");
+    registry.set_draining();
+}

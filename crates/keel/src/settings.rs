@@ -1,0 +1,504 @@
+//! Every setting, read from the environment and validated once at startup.
+//!
+//! A wrong value stops the process before anything starts, with one line naming the
+//! variable, the value and what is accepted. Nothing else in Keel reads the environment.
+
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+use keel_engine::ModelSource;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+/// Name, default, meaning: the table `--help` prints and the README mirrors.
+pub const SETTINGS: &[(&str, &str, &str)] = &[
+    (
+        "PORT",
+        "8080",
+        "TCP port to listen on (0 picks a free port)",
+    ),
+    ("HOST", "0.0.0.0", "address to listen on"),
+    (
+        "MODEL_PATH",
+        "",
+        "one model folder to serve (its folder name is its model name)",
+    ),
+    (
+        "MODELS",
+        "",
+        "models to serve as name=path pairs, comma-separated",
+    ),
+    (
+        "KEEL_CONFIG",
+        "",
+        "TOML file with [[models]] entries (name, path); paths relative to the file",
+    ),
+    ("MAX_BATCH_SIZE", "32", "most inputs in one inference batch"),
+    ("MAX_CLIENT_BATCH", "256", "most inputs in one request"),
+    ("MAX_BODY_BYTES", "2097152", "largest request body in bytes"),
+    (
+        "MAX_INPUT_TOKENS",
+        "model's own limit",
+        "lower cap on tokens per input",
+    ),
+    (
+        "TRUNCATE",
+        "true",
+        "truncate inputs past the limit (false: answer 422 instead)",
+    ),
+    (
+        "MAX_QUEUE_REQUESTS",
+        "1024",
+        "requests waiting per model before 429",
+    ),
+    (
+        "INFERENCE_THREADS",
+        "CPU count",
+        "threads the inference backend uses",
+    ),
+    (
+        "LOG_FORMAT",
+        "json if stdout is not a terminal, else pretty",
+        "json or pretty",
+    ),
+    (
+        "LOG_LEVEL",
+        "info",
+        "error, warn, info, debug, trace, or a tracing filter",
+    ),
+    (
+        "KEEL_FAIL_FAST",
+        "false",
+        "exit (status 1) when a model fails to load, instead of reporting it on /ready",
+    ),
+];
+
+/// Served when no model is configured: what `make run` fetches.
+pub const DEFAULT_MODELS: &str =
+    "all-MiniLM-L6-v2=models/all-MiniLM-L6-v2,sentiment-minilm-l6=models/sentiment-minilm-l6";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Json,
+    Pretty,
+}
+
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub host: IpAddr,
+    pub port: u16,
+    pub models: Vec<ModelSource>,
+    pub max_batch_size: usize,
+    pub max_client_batch: usize,
+    pub max_body_bytes: usize,
+    pub max_input_tokens: Option<usize>,
+    pub truncate: bool,
+    pub max_queue_requests: usize,
+    pub inference_threads: usize,
+    pub log_format: LogFormat,
+    pub log_level: String,
+    pub fail_fast: bool,
+}
+
+/// A setting with a value Keel cannot use.
+#[derive(Debug, PartialEq)]
+pub struct SettingError {
+    pub variable: &'static str,
+    pub value: String,
+    pub accepted: String,
+}
+
+impl fmt::Display for SettingError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "invalid setting {}={:?}: expected {}",
+            self.variable, self.value, self.accepted
+        )
+    }
+}
+
+impl std::error::Error for SettingError {}
+
+struct Env<'a> {
+    vars: &'a HashMap<String, String>,
+}
+
+impl Env<'_> {
+    /// The value, or None when unset or blank (an empty variable means "use the default").
+    fn get(&self, name: &str) -> Option<&str> {
+        self.vars
+            .get(name)
+            .map(|s| s.trim())
+            .filter(|s| !s.is_empty())
+    }
+
+    fn error(&self, variable: &'static str, accepted: impl Into<String>) -> SettingError {
+        SettingError {
+            variable,
+            value: self.vars.get(variable).cloned().unwrap_or_default(),
+            accepted: accepted.into(),
+        }
+    }
+
+    fn parse<T: std::str::FromStr>(
+        &self,
+        name: &'static str,
+        default: T,
+        accepted: &str,
+    ) -> Result<T, SettingError> {
+        match self.get(name) {
+            None => Ok(default),
+            Some(v) => v.parse().map_err(|_| self.error(name, accepted)),
+        }
+    }
+
+    fn count(&self, name: &'static str, default: usize, max: usize) -> Result<usize, SettingError> {
+        let accepted = format!("an integer from 1 to {max}");
+        let n: usize = self.parse(name, default, &accepted)?;
+        if n == 0 || n > max {
+            return Err(self.error(name, accepted));
+        }
+        Ok(n)
+    }
+
+    fn flag(&self, name: &'static str, default: bool) -> Result<bool, SettingError> {
+        match self.get(name).map(str::to_ascii_lowercase).as_deref() {
+            None => Ok(default),
+            Some("true" | "1" | "yes" | "on") => Ok(true),
+            Some("false" | "0" | "no" | "off") => Ok(false),
+            Some(_) => Err(self.error(name, "true or false")),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConfigFile {
+    models: Vec<ConfigModel>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConfigModel {
+    name: String,
+    path: PathBuf,
+}
+
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 128
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':' | '/'))
+}
+
+fn check_unique(
+    env: &Env,
+    variable: &'static str,
+    models: &[ModelSource],
+) -> Result<(), SettingError> {
+    let mut seen = HashSet::new();
+    for m in models {
+        if !seen.insert(&m.name) {
+            return Err(env.error(
+                variable,
+                format!("distinct model names (\"{}\" appears twice)", m.name),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn parse_model_list(
+    env: &Env,
+    variable: &'static str,
+    list: &str,
+) -> Result<Vec<ModelSource>, SettingError> {
+    let accepted = "name=path pairs separated by commas, names of letters, digits and -_.:/";
+    let models = list
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|pair| match pair.split_once('=') {
+            Some((name, path)) if valid_name(name.trim()) && !path.trim().is_empty() => {
+                Ok(ModelSource {
+                    name: name.trim().to_string(),
+                    path: PathBuf::from(path.trim()),
+                })
+            }
+            _ => Err(env.error(variable, accepted)),
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    if models.is_empty() {
+        return Err(env.error(variable, accepted));
+    }
+    check_unique(env, variable, &models)?;
+    Ok(models)
+}
+
+fn models(env: &Env) -> Result<Vec<ModelSource>, SettingError> {
+    let given: Vec<&'static str> = ["MODEL_PATH", "MODELS", "KEEL_CONFIG"]
+        .into_iter()
+        .filter(|v| env.get(v).is_some())
+        .collect();
+    if given.len() > 1 {
+        return Err(env.error(
+            given[1],
+            format!(
+                "only one of MODEL_PATH, MODELS and KEEL_CONFIG (also set: {})",
+                given[0]
+            ),
+        ));
+    }
+    match given.first().copied() {
+        Some("MODEL_PATH") => {
+            let path = PathBuf::from(env.get("MODEL_PATH").unwrap_or_default());
+            let name = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .filter(|n| valid_name(n))
+                .ok_or_else(|| {
+                    env.error("MODEL_PATH", "a folder whose name is a valid model name")
+                })?
+                .to_string();
+            Ok(vec![ModelSource { name, path }])
+        }
+        Some("MODELS") => parse_model_list(env, "MODELS", env.get("MODELS").unwrap_or_default()),
+        Some(_) => {
+            let file = PathBuf::from(env.get("KEEL_CONFIG").unwrap_or_default());
+            let text = std::fs::read_to_string(&file)
+                .map_err(|e| env.error("KEEL_CONFIG", format!("a readable TOML file ({e})")))?;
+            let config: ConfigFile = toml::from_str(&text).map_err(|e| {
+                env.error(
+                    "KEEL_CONFIG",
+                    format!(
+                        "a TOML file of [[models]] with name and path ({})",
+                        e.message()
+                    ),
+                )
+            })?;
+            let base = file.parent().unwrap_or(Path::new("."));
+            let models: Vec<ModelSource> = config
+                .models
+                .into_iter()
+                .map(|m| {
+                    if !valid_name(&m.name) {
+                        return Err(env.error(
+                            "KEEL_CONFIG",
+                            format!(
+                                "model names of letters, digits and -_.:/ (got \"{}\")",
+                                m.name
+                            ),
+                        ));
+                    }
+                    Ok(ModelSource {
+                        name: m.name,
+                        path: base.join(m.path),
+                    })
+                })
+                .collect::<Result<_, _>>()?;
+            if models.is_empty() {
+                return Err(env.error("KEEL_CONFIG", "at least one [[models]] entry"));
+            }
+            check_unique(env, "KEEL_CONFIG", &models)?;
+            Ok(models)
+        }
+        None => parse_model_list(env, "MODELS", DEFAULT_MODELS),
+    }
+}
+
+impl Settings {
+    pub fn from_env() -> Result<Self, SettingError> {
+        Self::from_vars(
+            &std::env::vars().collect(),
+            std::io::IsTerminal::is_terminal(&std::io::stdout()),
+        )
+    }
+
+    pub fn from_vars(
+        vars: &HashMap<String, String>,
+        stdout_is_terminal: bool,
+    ) -> Result<Self, SettingError> {
+        let env = Env { vars };
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let log_format = match env
+            .get("LOG_FORMAT")
+            .map(str::to_ascii_lowercase)
+            .as_deref()
+        {
+            None if stdout_is_terminal => LogFormat::Pretty,
+            None => LogFormat::Json,
+            Some("json") => LogFormat::Json,
+            Some("pretty") => LogFormat::Pretty,
+            Some(_) => return Err(env.error("LOG_FORMAT", "json or pretty")),
+        };
+        let log_level = env.get("LOG_LEVEL").unwrap_or("info").to_string();
+        if tracing_subscriber::EnvFilter::try_new(&log_level).is_err() {
+            return Err(env.error(
+                "LOG_LEVEL",
+                "error, warn, info, debug, trace, or a tracing filter directive",
+            ));
+        }
+        let max_input_tokens = match env.get("MAX_INPUT_TOKENS") {
+            None => None,
+            Some(_) => Some(env.count("MAX_INPUT_TOKENS", 512, 1_000_000)?),
+        };
+        Ok(Self {
+            host: env.parse(
+                "HOST",
+                IpAddr::from([0, 0, 0, 0]),
+                "an IP address such as 0.0.0.0 or 127.0.0.1",
+            )?,
+            port: env.parse("PORT", 8080, "an integer from 0 to 65535")?,
+            models: models(&env)?,
+            max_batch_size: env.count("MAX_BATCH_SIZE", 32, 4096)?,
+            max_client_batch: env.count("MAX_CLIENT_BATCH", 256, 100_000)?,
+            max_body_bytes: env.count("MAX_BODY_BYTES", 2 * 1024 * 1024, 1 << 30)?,
+            max_input_tokens,
+            truncate: env.flag("TRUNCATE", true)?,
+            max_queue_requests: env.count("MAX_QUEUE_REQUESTS", 1024, 1_000_000)?,
+            inference_threads: env.count("INFERENCE_THREADS", cpus, 1024)?,
+            log_format,
+            log_level,
+            fail_fast: env.flag("KEEL_FAIL_FAST", false)?,
+        })
+    }
+
+    /// What `/info` shows: every setting, no secrets (Keel has none yet, and model paths
+    /// are not secret).
+    pub fn public_view(&self) -> serde_json::Value {
+        json!({
+            "host": self.host.to_string(),
+            "port": self.port,
+            "max_batch_size": self.max_batch_size,
+            "max_client_batch": self.max_client_batch,
+            "max_body_bytes": self.max_body_bytes,
+            "max_input_tokens": self.max_input_tokens,
+            "truncate": self.truncate,
+            "max_queue_requests": self.max_queue_requests,
+            "inference_threads": self.inference_threads,
+            "log_format": self.log_format,
+            "log_level": self.log_level,
+            "fail_fast": self.fail_fast,
+        })
+    }
+}
+
+/// The settings table for `--help`.
+pub fn help_table() -> String {
+    let width = SETTINGS.iter().map(|(n, _, _)| n.len()).max().unwrap_or(0);
+    let mut out = String::from("Settings (environment variables):\n");
+    for (name, default, meaning) in SETTINGS {
+        let default = if default.is_empty() { "unset" } else { default };
+        out.push_str(&format!(
+            "  {name:width$}  {meaning} [default: {default}]\n"
+        ));
+    }
+    out.push_str(&format!(
+        "\nWith none of MODEL_PATH, MODELS, KEEL_CONFIG set, Keel serves {DEFAULT_MODELS}.\n\
+         A wrong value exits with status 2 and a line naming the variable."
+    ));
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(pairs: &[(&str, &str)]) -> Result<Settings, SettingError> {
+        let vars = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Settings::from_vars(&vars, false)
+    }
+
+    #[test]
+    fn defaults_serve_the_default_models_on_8080() {
+        let s = settings(&[]).unwrap();
+        assert_eq!(s.port, 8080);
+        assert_eq!(s.models.len(), 2);
+        assert_eq!(s.models[0].name, "all-MiniLM-L6-v2");
+        assert_eq!(s.log_format, LogFormat::Json);
+        assert!(s.truncate);
+        assert_eq!(s.max_input_tokens, None);
+    }
+
+    #[test]
+    fn bad_values_name_the_variable_and_what_is_accepted() {
+        let e = settings(&[("PORT", "80a")]).unwrap_err();
+        assert_eq!(e.variable, "PORT");
+        assert_eq!(
+            e.to_string(),
+            "invalid setting PORT=\"80a\": expected an integer from 0 to 65535"
+        );
+        assert_eq!(
+            settings(&[("MAX_BATCH_SIZE", "0")]).unwrap_err().variable,
+            "MAX_BATCH_SIZE"
+        );
+        assert_eq!(
+            settings(&[("TRUNCATE", "maybe")]).unwrap_err().variable,
+            "TRUNCATE"
+        );
+        assert_eq!(
+            settings(&[("LOG_FORMAT", "xml")]).unwrap_err().variable,
+            "LOG_FORMAT"
+        );
+        assert_eq!(
+            settings(&[("HOST", "localhost:1")]).unwrap_err().variable,
+            "HOST"
+        );
+        assert_eq!(
+            settings(&[("MODELS", "a=/x,a=/y")]).unwrap_err().variable,
+            "MODELS"
+        );
+        assert_eq!(
+            settings(&[("MODELS", "noequals")]).unwrap_err().variable,
+            "MODELS"
+        );
+    }
+
+    #[test]
+    fn model_sources_are_exclusive() {
+        let e = settings(&[("MODEL_PATH", "/m/x"), ("MODELS", "a=/b")]).unwrap_err();
+        assert_eq!(e.variable, "MODELS");
+        let s = settings(&[("MODEL_PATH", "/m/my-model")]).unwrap();
+        assert_eq!(s.models[0].name, "my-model");
+        let s = settings(&[("MODELS", " a=/x , b=/y ")]).unwrap();
+        assert_eq!(
+            s.models.iter().map(|m| m.name.as_str()).collect::<Vec<_>>(),
+            ["a", "b"]
+        );
+    }
+
+    #[test]
+    fn config_file_paths_are_relative_to_the_file() {
+        let dir = std::env::temp_dir().join(format!("keel-settings-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("keel.toml");
+        std::fs::write(&file, "[[models]]\nname = \"e\"\npath = \"models/e\"\n").unwrap();
+        let s = settings(&[("KEEL_CONFIG", file.to_str().unwrap())]).unwrap();
+        assert_eq!(s.models[0].path, dir.join("models/e"));
+        std::fs::write(&file, "[[models]]\nname = \"e\"\n").unwrap();
+        assert_eq!(
+            settings(&[("KEEL_CONFIG", file.to_str().unwrap())])
+                .unwrap_err()
+                .variable,
+            "KEEL_CONFIG"
+        );
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn help_lists_every_setting_with_its_default() {
+        let help = help_table();
+        for (name, _, _) in SETTINGS {
+            assert!(help.contains(name), "{name} missing from --help");
+        }
+        assert!(help.contains("[default: 8080]"));
+    }
+}

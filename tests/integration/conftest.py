@@ -1,0 +1,142 @@
+"""Starts the real `keel` binary on an ephemeral port with the real default models.
+
+`KEEL_BIN` names the binary (the Makefile passes target/debug/keel). The session-wide
+server is shared by the tests that need default settings; tests of other settings start
+their own with `start_keel`.
+"""
+
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import threading
+import time
+
+import pytest
+import requests
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+MODELS = ROOT / "models"
+EMBED_MODEL = "all-MiniLM-L6-v2"
+CLASSIFIER = "sentiment-minilm-l6"
+FIXTURES = ROOT / "tests" / "fixtures"
+
+
+def keel_bin():
+    return os.environ.get("KEEL_BIN", str(ROOT / "target" / "debug" / "keel"))
+
+
+class Keel:
+    """A running keel process; its JSON log lines are collected in `logs`."""
+
+    def __init__(self, env=None, args=("serve",)):
+        full_env = {
+            "PATH": os.environ.get("PATH", ""),
+            "HOST": "127.0.0.1",
+            "PORT": "0",
+            "LOG_FORMAT": "json",
+            "MODELS": f"{EMBED_MODEL}={MODELS / EMBED_MODEL},{CLASSIFIER}={MODELS / CLASSIFIER}",
+        }
+        full_env.update(env or {})
+        full_env = {k: v for k, v in full_env.items() if v is not None}
+        self.proc = subprocess.Popen(
+            [keel_bin(), *args],
+            env=full_env,
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        self.logs = []
+        self.port = None
+        self._listening = threading.Event()
+        self._reader = threading.Thread(target=self._read_logs, daemon=True)
+        self._reader.start()
+
+    def _read_logs(self):
+        for line in self.proc.stdout:
+            try:
+                entry = json.loads(line)
+            except ValueError:
+                entry = {"raw": line}
+            self.logs.append(entry)
+            if entry.get("message") == "listening" and self.port is None:
+                self.port = int(entry["port"])
+                self._listening.set()
+        self._listening.set()
+
+    def wait_listening(self, timeout=30):
+        assert self._listening.wait(timeout), "keel did not start listening"
+        assert self.port is not None, f"keel exited: {self.stderr_text()}"
+        return self
+
+    def url(self, path=""):
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def wait_ready(self, timeout=180):
+        self.wait_listening()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            r = requests.get(self.url("/ready"), timeout=5)
+            if r.status_code == 200:
+                return self
+            if r.json()["status"] == "failed":
+                raise AssertionError(f"a model failed: {r.json()}")
+            time.sleep(0.2)
+        raise AssertionError("keel did not become ready in time")
+
+    def wait_status(self, status, timeout=60):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            body = requests.get(self.url("/ready"), timeout=5).json()
+            if body["status"] == status:
+                return body
+            time.sleep(0.1)
+        raise AssertionError(f"/ready never reported {status}")
+
+    def stderr_text(self):
+        try:
+            return self.proc.stderr.read() if self.proc.poll() is not None else ""
+        except ValueError:
+            return ""
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+
+@pytest.fixture
+def start_keel():
+    started = []
+
+    def start(env=None, args=("serve",)):
+        k = Keel(env, args)
+        started.append(k)
+        return k
+
+    yield start
+    for k in started:
+        k.stop()
+
+
+@pytest.fixture(scope="session")
+def keel():
+    k = Keel().wait_ready()
+    yield k
+    assert k.stop() == 0
+
+
+@pytest.fixture(scope="session")
+def url(keel):
+    return keel.url
+
+
+def load_fixture(name):
+    return json.loads((FIXTURES / name).read_text())
