@@ -1,0 +1,56 @@
+"""Keel against the reference implementation (transformers / sentence-transformers on PyTorch).
+
+Fixtures and the script that made them live in tests/fixtures/. Inputs are sent in batches
+of mixed lengths so that padding is exercised too.
+"""
+
+import numpy as np
+import requests
+
+from conftest import CLASSIFIER, EMBED_MODEL, load_fixture
+
+
+def chunks(items, n):
+    for i in range(0, len(items), n):
+        yield items[i : i + n]
+
+
+def test_embeddings_match_sentence_transformers(url):
+    fixture = load_fixture("embeddings.json")
+    items = fixture["items"]
+    assert len(items) >= 50
+    worst = 1.0
+    for batch in chunks(items, 7):
+        r = requests.post(url("/v1/embeddings"), json={"model": EMBED_MODEL, "input": [i["text"] for i in batch]})
+        assert r.status_code == 200, r.text
+        for item, got in zip(batch, r.json()["data"]):
+            want = np.array(item["embedding"], dtype=np.float64)
+            got = np.array(got["embedding"], dtype=np.float64)
+            cosine = want @ got / (np.linalg.norm(want) * np.linalg.norm(got))
+            worst = min(worst, cosine)
+            assert cosine >= 0.9999, (item["text"][:80], cosine)
+    print(f"worst embedding cosine: {worst:.7f}")
+
+
+def test_embedding_token_counts_match_the_reference_truncation(url):
+    items = load_fixture("embeddings.json")["items"]
+    for item in items:
+        r = requests.post(url("/v1/embeddings"), json={"model": EMBED_MODEL, "input": item["text"]})
+        assert r.json()["usage"]["prompt_tokens"] == item["num_tokens"], item["text"][:80]
+
+
+def test_classification_matches_the_transformers_pipeline(url):
+    fixture = load_fixture("classification.json")
+    items = fixture["items"]
+    assert len(items) >= 50
+    worst = 0.0
+    for batch in chunks(items, 7):
+        r = requests.post(url("/predict"), json={"model": CLASSIFIER, "inputs": [i["text"] for i in batch], "top_k": 2})
+        assert r.status_code == 200, r.text
+        for item, ranked in zip(batch, r.json()):
+            assert ranked[0]["label"] == item["label"], item["text"][:80]
+            for entry in ranked:
+                delta = abs(entry["score"] - item["scores"][entry["label"]])
+                worst = max(worst, delta)
+                assert delta <= 1e-4, (item["text"][:80], entry, item["scores"])
+    print(f"worst classification |dscore|: {worst:.2e}")
