@@ -9,7 +9,9 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
-use std::time::Instant;
+use std::time::{Duration, Instant};
+
+use keel_telemetry::metrics::names;
 
 use serde::Serialize;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -149,6 +151,9 @@ impl ModelRegistry {
                             ModelState::Failed(reason)
                         }
                     };
+                    let ready = matches!(state, ModelState::Ready(_));
+                    metrics::gauge!(names::MODEL_READY, "model" => name.clone())
+                        .set(if ready { 1.0 } else { 0.0 });
                     *registry.slots[index].state.write().unwrap() = state;
                     registry.changes.send_modify(|n| *n += 1);
                 })
@@ -315,11 +320,30 @@ pub struct LoadedModel {
     jobs: mpsc::Sender<Job>,
 }
 
-/// Vectors in input order, and the token count of each input after truncation.
+/// Vectors in input order, the token count of each input after truncation, and timings.
 #[derive(Debug)]
 pub struct Inference {
     pub outputs: Vec<Vec<f32>>,
     pub tokens: Vec<usize>,
+    pub queue_wait: Duration,
+    pub compute: Duration,
+    pub batch_size: usize,
+}
+
+/// Keeps the in-flight gauge honest even when the caller's future is dropped mid-way.
+struct InFlight(String);
+
+impl InFlight {
+    fn enter(model: &str) -> Self {
+        metrics::gauge!(names::IN_FLIGHT, "model" => model.to_string()).increment(1.0);
+        Self(model.to_string())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        metrics::gauge!(names::IN_FLIGHT, "model" => self.0.clone()).decrement(1.0);
+    }
 }
 
 impl LoadedModel {
@@ -329,6 +353,7 @@ impl LoadedModel {
 
     /// Embeddings (normalized when the model says so) for `texts`.
     pub async fn embed(self: &Arc<Self>, texts: Vec<String>) -> Result<Inference, EngineError> {
+        let characters = count_characters(&texts);
         let mut inference = self.run(texts).await?;
         if self.spec.normalize {
             inference
@@ -336,36 +361,118 @@ impl LoadedModel {
                 .iter_mut()
                 .for_each(|v| postprocess::normalize(v));
         }
+        self.log(&inference, characters, None);
         Ok(inference)
     }
 
     /// Label scores (in `spec.labels` order) for `texts`.
     pub async fn classify(self: &Arc<Self>, texts: Vec<String>) -> Result<Inference, EngineError> {
+        let characters = count_characters(&texts);
         let mut inference = self.run(texts).await?;
+        let mut top = Vec::with_capacity(inference.outputs.len());
         for v in inference.outputs.iter_mut() {
             *v = postprocess::scores(v, self.spec.score_function);
+            let (index, score) = v
+                .iter()
+                .copied()
+                .enumerate()
+                .max_by(|a, b| a.1.total_cmp(&b.1))
+                .unwrap_or((0, 0.0));
+            let label = self.spec.labels.get(index).cloned().unwrap_or_default();
+            metrics::counter!(names::PREDICTIONS, "model" => self.name.clone(), "label" => label.clone())
+                .increment(1);
+            metrics::histogram!(names::PREDICTION_SCORE, "model" => self.name.clone(), "label" => label.clone())
+                .record(score as f64);
+            top.push((label, score));
         }
+        self.log(&inference, characters, Some(&top));
         Ok(inference)
     }
 
+    /// The one log line per inference.
+    fn log(&self, inference: &Inference, characters: usize, top: Option<&[(String, f32)]>) {
+        let (label, score) = match top {
+            Some([(label, score)]) => (Some(label.as_str()), Some(*score)),
+            _ => (None, None),
+        };
+        let labels = top.filter(|t| t.len() > 1).map(|t| {
+            t.iter()
+                .map(|(l, _)| l.as_str())
+                .collect::<Vec<_>>()
+                .join(",")
+        });
+        tracing::info!(
+            target: "keel::inference",
+            model = %self.name,
+            task = self.spec.task.as_str(),
+            inputs = inference.outputs.len(),
+            input_characters = characters,
+            input_tokens = inference.tokens.iter().sum::<usize>(),
+            batch_size = inference.batch_size,
+            queue_ms = inference.queue_wait.as_secs_f64() * 1e3,
+            compute_ms = inference.compute.as_secs_f64() * 1e3,
+            label,
+            score,
+            labels,
+            "inference"
+        );
+    }
+
     async fn run(self: &Arc<Self>, texts: Vec<String>) -> Result<Inference, EngineError> {
+        let _in_flight = InFlight::enter(&self.name);
+        for text in &texts {
+            metrics::histogram!(names::INPUT_CHARACTERS, "model" => self.name.clone())
+                .record(text.chars().count() as f64);
+        }
         let model = self.clone();
         let inputs = tokio::task::spawn_blocking(move || model.tokenizer.encode(&texts))
             .await
-            .map_err(|e| EngineError::Tokenization(e.to_string()))??;
-        let tokens = inputs.iter().map(|i| i.len()).collect();
+            .map_err(|e| EngineError::Tokenization(e.to_string()))?
+            .inspect_err(|e| self.reject(e))?;
+        let tokens: Vec<usize> = inputs.iter().map(|i| i.len()).collect();
+        for &n in &tokens {
+            metrics::histogram!(names::INPUT_TOKENS, "model" => self.name.clone()).record(n as f64);
+        }
         let (reply, answer) = oneshot::channel();
+        let job = Job {
+            inputs,
+            enqueued: Instant::now(),
+            reply,
+        };
         self.jobs
-            .try_send(Job { inputs, reply })
+            .try_send(job)
             .map_err(|e| match e {
                 mpsc::error::TrySendError::Full(_) => EngineError::QueueFull(self.name.clone()),
                 mpsc::error::TrySendError::Closed(_) => {
                     EngineError::WorkerStopped(self.name.clone())
                 }
-            })?;
-        let outputs = answer
+            })
+            .inspect_err(|e| self.reject(e))?;
+        let output = answer
             .await
             .map_err(|_| EngineError::WorkerStopped(self.name.clone()))??;
-        Ok(Inference { outputs, tokens })
+        Ok(Inference {
+            outputs: output.outputs,
+            tokens,
+            queue_wait: output.queue_wait,
+            compute: output.compute,
+            batch_size: output.batch_size,
+        })
     }
+
+    fn reject(&self, error: &EngineError) {
+        let reason = match error {
+            EngineError::QueueFull(_) => "queue_full",
+            EngineError::EmptyInput { .. } => "empty_input",
+            EngineError::InputTooLong { .. } => "input_too_long",
+            EngineError::Tokenization(_) => "tokenization",
+            _ => "other",
+        };
+        metrics::counter!(names::REJECTED, "model" => self.name.clone(), "reason" => reason)
+            .increment(1);
+    }
+}
+
+fn count_characters(texts: &[String]) -> usize {
+    texts.iter().map(|t| t.chars().count()).sum()
 }

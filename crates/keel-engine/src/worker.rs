@@ -5,18 +5,32 @@
 //! Requests whose caller has gone away (client disconnected) are dropped before they cost
 //! compute. Inference never runs on the async runtime's threads.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
+use keel_telemetry::metrics::names;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::backend::{Backend, EncodedBatch};
 use crate::error::EngineError;
 use crate::tokenize::TokenizedInput;
 
-pub type JobResult = Result<Vec<Vec<f32>>, EngineError>;
+/// What a job got back: one vector per input, and how it went.
+#[derive(Debug)]
+pub struct JobOutput {
+    pub outputs: Vec<Vec<f32>>,
+    /// From enqueueing to the start of the job's first batch.
+    pub queue_wait: Duration,
+    /// Compute time of the batches the job was part of.
+    pub compute: Duration,
+    /// Inputs in the (largest) batch the job ran in.
+    pub batch_size: usize,
+}
+
+pub type JobResult = Result<JobOutput, EngineError>;
 
 pub struct Job {
     pub inputs: Vec<TokenizedInput>,
+    pub enqueued: Instant,
     pub reply: oneshot::Sender<JobResult>,
 }
 
@@ -50,7 +64,13 @@ fn run(config: WorkerConfig, backend: Box<dyn Backend>, mut rx: mpsc::Receiver<J
                 Err(_) => break,
             }
         }
+        metrics::gauge!(names::QUEUE_DEPTH, "model" => config.model.clone()).set(rx.len() as f64);
+        let before = jobs.len();
         jobs.retain(|job| !job.reply.is_closed());
+        if jobs.len() < before {
+            metrics::counter!(names::EXPIRED, "model" => config.model.clone())
+                .increment((before - jobs.len()) as u64);
+        }
         if !jobs.is_empty() {
             run_jobs(&config, backend.as_ref(), jobs);
         }
@@ -58,20 +78,31 @@ fn run(config: WorkerConfig, backend: Box<dyn Backend>, mut rx: mpsc::Receiver<J
 }
 
 fn run_jobs(config: &WorkerConfig, backend: &dyn Backend, jobs: Vec<Job>) {
+    let started = Instant::now();
     let inputs: Vec<&TokenizedInput> = jobs.iter().flat_map(|j| j.inputs.iter()).collect();
     let mut outputs = Vec::with_capacity(inputs.len());
     let mut failure = None;
+    let mut largest_batch = 0;
     for chunk in inputs.chunks(config.max_batch_size) {
         let batch = EncodedBatch::pad(chunk, config.pad_id);
-        let started = Instant::now();
+        let batch_started = Instant::now();
         match backend.forward(&batch) {
             Ok(out) => {
+                let compute = batch_started.elapsed();
+                largest_batch = largest_batch.max(batch.batch_size);
+                let model = config.model.clone();
+                metrics::histogram!(names::INFERENCE_DURATION, "model" => model.clone())
+                    .record(compute.as_secs_f64());
+                metrics::histogram!(names::BATCH_SIZE, "model" => model.clone())
+                    .record(batch.batch_size as f64);
+                metrics::counter!(names::INFERENCE_INPUTS, "model" => model)
+                    .increment(batch.batch_size as u64);
                 tracing::debug!(
                     model = %config.model,
                     batch_size = batch.batch_size,
                     seq_len = batch.seq_len,
                     tokens = batch.real_tokens(),
-                    compute_ms = started.elapsed().as_secs_f64() * 1e3,
+                    compute_ms = compute.as_secs_f64() * 1e3,
                     "batch"
                 );
                 outputs.extend(out);
@@ -83,11 +114,20 @@ fn run_jobs(config: &WorkerConfig, backend: &dyn Backend, jobs: Vec<Job>) {
             }
         }
     }
+    let compute = started.elapsed();
     let mut outputs = outputs.into_iter();
     for job in jobs {
+        let queue_wait = started.saturating_duration_since(job.enqueued);
+        metrics::histogram!(names::QUEUE_WAIT, "model" => config.model.clone())
+            .record(queue_wait.as_secs_f64());
         let result = match &failure {
             Some(message) => Err(EngineError::Inference(message.clone())),
-            None => Ok(outputs.by_ref().take(job.inputs.len()).collect()),
+            None => Ok(JobOutput {
+                outputs: outputs.by_ref().take(job.inputs.len()).collect(),
+                queue_wait,
+                compute,
+                batch_size: largest_batch,
+            }),
         };
         // The caller may have left meanwhile; nothing to do then.
         let _ = job.reply.send(result);
@@ -133,11 +173,12 @@ mod tests {
         let (reply, rx) = oneshot::channel();
         tx.send(Job {
             inputs: vec![input(3), input(1), input(2)],
+            enqueued: Instant::now(),
             reply,
         })
         .await
         .unwrap();
-        let out = rx.await.unwrap().unwrap();
+        let out = rx.await.unwrap().unwrap().outputs;
         let lens: Vec<f32> = out.iter().map(|v| v[0]).collect();
         assert_eq!(lens, [3.0, 1.0, 2.0]);
         assert!(out.iter().all(|v| v[1] <= 2.0), "{out:?}");

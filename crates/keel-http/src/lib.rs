@@ -6,14 +6,16 @@
 
 pub mod error;
 pub mod json;
+pub mod middleware;
 pub mod routes;
 
 use std::sync::Arc;
 
 use axum::extract::DefaultBodyLimit;
+use axum::middleware::from_fn;
 use axum::Router;
 use keel_engine::ModelRegistry;
-use tower_http::trace::TraceLayer;
+use metrics_exporter_prometheus::PrometheusHandle;
 
 /// Limits that the handlers enforce.
 #[derive(Debug, Clone)]
@@ -31,6 +33,8 @@ pub struct AppState {
     pub limits: Limits,
     /// The effective settings, secrets removed, shown by `/info`.
     pub settings: Arc<serde_json::Value>,
+    /// Renders `/metrics`; None when no recorder is installed (unit tests).
+    pub metrics: Option<PrometheusHandle>,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -41,9 +45,11 @@ pub fn router(state: AppState) -> Router {
         .merge(routes::embeddings::routes())
         .merge(routes::models::routes())
         .merge(routes::openapi::routes())
+        .merge(routes::metrics::routes())
+        .route_layer(from_fn(middleware::record_route))
         .fallback(routes::not_found)
         .method_not_allowed_fallback(routes::method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))
-        .layer(TraceLayer::new_for_http())
+        .layer(from_fn(middleware::observe))
         .with_state(state)
 }

@@ -1,6 +1,5 @@
 //! The `keel` binary: parses the command line and the settings, then serves.
 
-mod logging;
 mod serve;
 mod settings;
 

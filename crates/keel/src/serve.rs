@@ -8,13 +8,16 @@ use anyhow::Context;
 use keel_engine::registry::EngineOptions;
 use keel_engine::{BackendLoader, ModelRegistry};
 use keel_http::{AppState, Limits};
+use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 
-use crate::logging;
 use crate::settings::Settings;
+use keel_telemetry::logging;
 
 pub fn run(settings: Settings) -> anyhow::Result<()> {
-    logging::init(&settings);
+    logging::init(settings.log_format, &settings.log_level);
+    let metrics = keel_telemetry::metrics::install()
+        .map_err(|e| anyhow::anyhow!("installing the metrics recorder: {e}"))?;
     // The backend's own parallelism; sized once so inference does not oversubscribe the CPU.
     rayon::ThreadPoolBuilder::new()
         .num_threads(settings.inference_threads)
@@ -26,10 +29,10 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
         .thread_name("keel-http")
         .build()
         .context("starting the async runtime")?
-        .block_on(serve(settings))
+        .block_on(serve(settings, metrics))
 }
 
-async fn serve(settings: Settings) -> anyhow::Result<()> {
+async fn serve(settings: Settings, metrics: PrometheusHandle) -> anyhow::Result<()> {
     let registry = ModelRegistry::new(settings.models.clone());
     let loader: BackendLoader = Arc::new(keel_backend_candle::load);
     registry.start_loading(
@@ -52,6 +55,7 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
             max_client_batch: settings.max_client_batch,
         },
         settings: Arc::new(settings.public_view()),
+        metrics: Some(metrics),
     };
     let addr = SocketAddr::new(settings.host, settings.port);
     let listener = TcpListener::bind(addr)

@@ -9,7 +9,7 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
 use keel_engine::ModelSource;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use serde_json::json;
 
 /// Name, default, meaning: the table `--help` prints and the README mirrors.
@@ -79,12 +79,7 @@ pub const SETTINGS: &[(&str, &str, &str)] = &[
 pub const DEFAULT_MODELS: &str =
     "all-MiniLM-L6-v2=models/all-MiniLM-L6-v2,sentiment-minilm-l6=models/sentiment-minilm-l6";
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum LogFormat {
-    Json,
-    Pretty,
-}
+pub use keel_telemetry::logging::LogFormat;
 
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -381,7 +376,7 @@ impl Settings {
             "truncate": self.truncate,
             "max_queue_requests": self.max_queue_requests,
             "inference_threads": self.inference_threads,
-            "log_format": self.log_format,
+            "log_format": match self.log_format { LogFormat::Json => "json", LogFormat::Pretty => "pretty" },
             "log_level": self.log_level,
             "fail_fast": self.fail_fast,
         })

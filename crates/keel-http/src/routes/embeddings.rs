@@ -4,6 +4,7 @@
 //! SDKs ask for `encoding_format: "base64"` by default (little-endian f32 bytes).
 
 use axum::extract::State;
+use axum::response::IntoResponse;
 use axum::routing::post;
 use axum::{Json, Router};
 use base64::Engine as _;
@@ -14,6 +15,7 @@ use serde_json::Value;
 use super::{check_input_count, TextOrTexts};
 use crate::error::ApiError;
 use crate::json::JsonBody;
+use crate::middleware::inference_headers;
 use crate::AppState;
 
 pub fn routes() -> Router<AppState> {
@@ -72,7 +74,7 @@ fn texts(input: Value) -> Result<Vec<String>, ApiError> {
 async fn embeddings(
     State(state): State<AppState>,
     JsonBody(request): JsonBody<EmbeddingsRequest>,
-) -> Result<Json<EmbeddingsResponse>, ApiError> {
+) -> Result<impl IntoResponse, ApiError> {
     let texts = texts(request.input)?;
     check_input_count(&texts, &state.limits)?;
     let model = state
@@ -89,6 +91,7 @@ async fn embeddings(
     let format = request.encoding_format.unwrap_or_default();
     let inference = model.embed(texts).await?;
     let prompt_tokens = inference.tokens.iter().sum();
+    let headers = inference_headers(&inference);
     let data = inference
         .outputs
         .into_iter()
@@ -105,13 +108,16 @@ async fn embeddings(
             index,
         })
         .collect();
-    Ok(Json(EmbeddingsResponse {
-        object: "list",
-        data,
-        model: model.name.clone(),
-        usage: Usage {
-            prompt_tokens,
-            total_tokens: prompt_tokens,
-        },
-    }))
+    Ok((
+        headers,
+        Json(EmbeddingsResponse {
+            object: "list",
+            data,
+            model: model.name.clone(),
+            usage: Usage {
+                prompt_tokens,
+                total_tokens: prompt_tokens,
+            },
+        }),
+    ))
 }

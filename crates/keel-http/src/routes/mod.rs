@@ -2,6 +2,7 @@
 
 pub mod embeddings;
 pub mod health;
+pub mod metrics;
 pub mod models;
 pub mod openapi;
 pub mod predict;

@@ -6,6 +6,7 @@
 
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, Request, State};
+use axum::response::IntoResponse;
 use axum::routing::post;
 use axum::{Json, Router};
 use keel_engine::Task;
@@ -15,6 +16,7 @@ use serde_json::Value;
 use super::{check_input_count, TextOrTexts};
 use crate::error::ApiError;
 use crate::json::{check_json_content_type, parse_json, read_body};
+use crate::middleware::inference_headers;
 use crate::AppState;
 
 pub fn routes() -> Router<AppState> {
@@ -46,7 +48,7 @@ async fn predict(
     State(state): State<AppState>,
     query: Result<Query<PredictQuery>, QueryRejection>,
     request: Request,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<impl IntoResponse, ApiError> {
     let Query(query) = query.map_err(|e| ApiError::invalid(e.body_text()))?;
     let request = if query.text.is_some() {
         // The guide's form: everything in the query string, body ignored.
@@ -105,12 +107,13 @@ async fn predict(
             .expect("label scores serialize")
         })
         .collect();
-    Ok(Json(if batched {
+    let body = if batched {
         Value::Array(answers)
     } else {
         answers
             .into_iter()
             .next()
             .expect("one input gives one answer")
-    }))
+    };
+    Ok((inference_headers(&inference), Json(body)))
 }
