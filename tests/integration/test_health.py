@@ -1,7 +1,9 @@
 """Liveness, readiness, and what happens when a model cannot load."""
 
 import shutil
+import signal
 import subprocess
+import threading
 import time
 
 import requests
@@ -71,7 +73,38 @@ def test_fail_fast_exits_when_a_model_fails(tmp_path):
     assert "KEEL_FAIL_FAST" in proc.stdout
 
 
-def test_ready_turns_503_draining_on_sigterm(start_keel):
-    k = start_keel({"MODELS": f"{EMBED_MODEL}={MODELS / EMBED_MODEL}"}).wait_ready()
-    assert k.stop() == 0
+def test_shutdown_drains_without_failing_a_request(start_keel):
+    """Load runs through SIGTERM: /ready turns 503 at once, the listener keeps accepting for
+    the grace period, every accepted request is answered 200, and the exit status is 0."""
+    k = start_keel({"MODELS": f"{CLASSIFIER}={MODELS / CLASSIFIER}", "SHUTDOWN_GRACE_MS": "1500"}).wait_ready()
+    results, stop = [], threading.Event()
+
+    def client():
+        while not stop.is_set():
+            try:
+                r = requests.post(k.url("/predict"), json={"inputs": ["a fine film"] * 4},
+                                  headers={"connection": "close"}, timeout=30)
+                results.append(r.status_code)
+            except requests.ConnectionError as e:
+                results.append("refused" if "refused" in str(e).lower() else f"error: {e}")
+                time.sleep(0.01)
+
+    threads = [threading.Thread(target=client) for _ in range(6)]
+    for t in threads:
+        t.start()
+    time.sleep(1.0)
+    k.proc.send_signal(signal.SIGTERM)
+    t0 = time.monotonic()
+    r = requests.get(k.url("/ready"), timeout=5)
+    assert r.status_code == 503 and r.json()["status"] == "draining"
+    assert requests.get(k.url("/health"), timeout=5).status_code == 200
+    assert k.proc.wait(timeout=60) == 0
+    stop.set()
+    for t in threads:
+        t.join(timeout=60)
+    answered = [x for x in results if x == 200]
+    assert len(answered) > 10, results
+    assert all(x in (200, "refused") for x in results), [x for x in results if x not in (200, "refused")]
+    assert time.monotonic() - t0 >= 1.4  # the grace period was honoured
     assert any(e.get("message") == "shutdown requested; draining" for e in k.logs)
+    assert any(e.get("message") == "stopped" for e in k.logs)

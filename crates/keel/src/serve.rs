@@ -1,6 +1,7 @@
 //! Wiring: settings -> registry (models loading in the background) -> HTTP server, and the
 //! shutdown signal.
 
+use std::future::IntoFuture;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -64,10 +65,35 @@ async fn serve(settings: Settings, metrics: PrometheusHandle) -> anyhow::Result<
     let local = listener.local_addr()?;
     tracing::info!(addr = %local, port = local.port(), models = settings.models.len(), "listening");
 
-    axum::serve(listener, keel_http::router(state))
-        .with_graceful_shutdown(shutdown_signal(registry))
-        .await
-        .context("serving HTTP")?;
+    let (stop_accepting, accepting_stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = axum::serve(listener, keel_http::router(state)).with_graceful_shutdown(async {
+        let _ = accepting_stopped.await;
+    });
+    let mut server = std::pin::pin!(server.into_future());
+    tokio::select! {
+        result = &mut server => return result.context("serving HTTP"),
+        _ = shutdown_signal() => {}
+    }
+
+    // Draining: /ready turns 503 at once, but the listener keeps accepting for the grace
+    // period so that load balancers notice before connections are refused.
+    registry.set_draining();
+    tracing::info!(
+        grace_ms = settings.shutdown_grace.as_millis() as u64,
+        "shutdown requested; draining"
+    );
+    tokio::select! {
+        result = &mut server => return result.context("serving HTTP"),
+        _ = tokio::time::sleep(settings.shutdown_grace) => {}
+    }
+    let _ = stop_accepting.send(());
+    match tokio::time::timeout(settings.shutdown_timeout, server).await {
+        Ok(result) => result.context("serving HTTP")?,
+        Err(_) => tracing::warn!(
+            timeout_ms = settings.shutdown_timeout.as_millis() as u64,
+            "in-flight requests did not finish in time; exiting anyway"
+        ),
+    }
     tracing::info!("stopped");
     Ok(())
 }
@@ -88,9 +114,8 @@ async fn exit_when_a_model_fails(registry: Arc<ModelRegistry>) {
     }
 }
 
-/// Resolves on SIGTERM or SIGINT, after marking the registry as draining so `/ready` turns
-/// 503 at once; axum then stops accepting and lets in-flight requests finish.
-async fn shutdown_signal(registry: Arc<ModelRegistry>) {
+/// Resolves on SIGTERM or SIGINT.
+async fn shutdown_signal() {
     let interrupt = tokio::signal::ctrl_c();
     #[cfg(unix)]
     let terminate = async {
@@ -107,6 +132,4 @@ async fn shutdown_signal(registry: Arc<ModelRegistry>) {
         _ = interrupt => {},
         _ = terminate => {},
     }
-    tracing::info!("shutdown requested; draining");
-    registry.set_draining();
 }

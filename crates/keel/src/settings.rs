@@ -7,6 +7,7 @@ use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use keel_engine::ModelSource;
 use serde::Deserialize;
@@ -96,6 +97,8 @@ pub struct Settings {
     pub log_format: LogFormat,
     pub log_level: String,
     pub fail_fast: bool,
+    pub shutdown_grace: Duration,
+    pub shutdown_timeout: Duration,
 }
 
 /// A setting with a value Keel cannot use.
@@ -360,6 +363,16 @@ impl Settings {
             log_format,
             log_level,
             fail_fast: env.flag("KEEL_FAIL_FAST", false)?,
+            shutdown_grace: Duration::from_millis(env.parse(
+                "SHUTDOWN_GRACE_MS",
+                1000,
+                "a whole number of milliseconds",
+            )?),
+            shutdown_timeout: Duration::from_millis(env.parse(
+                "SHUTDOWN_TIMEOUT_MS",
+                30_000,
+                "a whole number of milliseconds",
+            )?),
         })
     }
 
@@ -379,6 +392,8 @@ impl Settings {
             "log_format": match self.log_format { LogFormat::Json => "json", LogFormat::Pretty => "pretty" },
             "log_level": self.log_level,
             "fail_fast": self.fail_fast,
+            "shutdown_grace_ms": self.shutdown_grace.as_millis() as u64,
+            "shutdown_timeout_ms": self.shutdown_timeout.as_millis() as u64,
         })
     }
 }
