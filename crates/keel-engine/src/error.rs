@@ -26,6 +26,8 @@ pub enum EngineError {
     Tokenization(String),
     #[error("inference failed: {0}")]
     Inference(String),
+    #[error("the request's deadline passed before it could be answered")]
+    DeadlineExceeded,
     #[error("the model worker of '{0}' stopped")]
     WorkerStopped(String),
 }

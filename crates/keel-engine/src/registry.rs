@@ -14,14 +14,14 @@ use std::time::{Duration, Instant};
 use keel_telemetry::metrics::names;
 
 use serde::Serialize;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{oneshot, watch};
 
 use crate::backend::{BackendLoader, EncodedBatch};
 use crate::error::EngineError;
 use crate::postprocess;
 use crate::spec::{ModelSpec, Task};
 use crate::tokenize::TextTokenizer;
-use crate::worker::{self, Job, WorkerConfig};
+use crate::worker::{self, Admission, Job, JobQueue, WorkerConfig};
 
 #[derive(Debug, Clone)]
 pub struct ModelSource {
@@ -33,7 +33,10 @@ pub struct ModelSource {
 #[derive(Debug, Clone)]
 pub struct EngineOptions {
     pub max_batch_size: usize,
-    pub queue_capacity: usize,
+    pub max_batch_tokens: usize,
+    pub max_batch_delay: Duration,
+    pub max_queue_requests: usize,
+    pub max_queue_tokens: usize,
     /// Lower cap on the model's own maximum input length, if set.
     pub max_input_tokens: Option<usize>,
     pub truncate: bool,
@@ -299,10 +302,13 @@ fn load(
         WorkerConfig {
             model: name.to_string(),
             max_batch_size: options.max_batch_size,
-            queue_capacity: options.queue_capacity,
+            max_batch_tokens: options.max_batch_tokens.max(max_tokens),
+            max_batch_delay: options.max_batch_delay,
             pad_id: tokenizer.pad_id(),
         },
         backend,
+        options.max_queue_requests,
+        options.max_queue_tokens,
     );
     Ok(LoadedModel {
         name: name.to_string(),
@@ -317,7 +323,7 @@ pub struct LoadedModel {
     pub name: String,
     pub spec: ModelSpec,
     tokenizer: TextTokenizer,
-    jobs: mpsc::Sender<Job>,
+    jobs: JobQueue,
 }
 
 /// Vectors in input order, the token count of each input after truncation, and timings.
@@ -352,9 +358,13 @@ impl LoadedModel {
     }
 
     /// Embeddings (normalized when the model says so) for `texts`.
-    pub async fn embed(self: &Arc<Self>, texts: Vec<String>) -> Result<Inference, EngineError> {
+    pub async fn embed(
+        self: &Arc<Self>,
+        texts: Vec<String>,
+        deadline: Instant,
+    ) -> Result<Inference, EngineError> {
         let characters = count_characters(&texts);
-        let mut inference = self.run(texts).await?;
+        let mut inference = self.run(texts, deadline).await?;
         if self.spec.normalize {
             inference
                 .outputs
@@ -366,9 +376,13 @@ impl LoadedModel {
     }
 
     /// Label scores (in `spec.labels` order) for `texts`.
-    pub async fn classify(self: &Arc<Self>, texts: Vec<String>) -> Result<Inference, EngineError> {
+    pub async fn classify(
+        self: &Arc<Self>,
+        texts: Vec<String>,
+        deadline: Instant,
+    ) -> Result<Inference, EngineError> {
         let characters = count_characters(&texts);
-        let mut inference = self.run(texts).await?;
+        let mut inference = self.run(texts, deadline).await?;
         let mut top = Vec::with_capacity(inference.outputs.len());
         for v in inference.outputs.iter_mut() {
             *v = postprocess::scores(v, self.spec.score_function);
@@ -418,7 +432,14 @@ impl LoadedModel {
         );
     }
 
-    async fn run(self: &Arc<Self>, texts: Vec<String>) -> Result<Inference, EngineError> {
+    /// Tokenizes on the blocking pool, queues the job, and waits for its answer until the
+    /// deadline. Dropping this future (client gone) closes the reply channel, and the worker
+    /// then skips the job.
+    async fn run(
+        self: &Arc<Self>,
+        texts: Vec<String>,
+        deadline: Instant,
+    ) -> Result<Inference, EngineError> {
         let _in_flight = InFlight::enter(&self.name);
         for text in &texts {
             metrics::histogram!(names::INPUT_CHARACTERS, "model" => self.name.clone())
@@ -436,21 +457,26 @@ impl LoadedModel {
         let (reply, answer) = oneshot::channel();
         let job = Job {
             inputs,
+            tokens: tokens.iter().sum(),
             enqueued: Instant::now(),
+            deadline,
             reply,
         };
         self.jobs
-            .try_send(job)
+            .try_push(job)
             .map_err(|e| match e {
-                mpsc::error::TrySendError::Full(_) => EngineError::QueueFull(self.name.clone()),
-                mpsc::error::TrySendError::Closed(_) => {
-                    EngineError::WorkerStopped(self.name.clone())
-                }
+                Admission::Full => EngineError::QueueFull(self.name.clone()),
+                Admission::Stopped => EngineError::WorkerStopped(self.name.clone()),
             })
             .inspect_err(|e| self.reject(e))?;
-        let output = answer
-            .await
-            .map_err(|_| EngineError::WorkerStopped(self.name.clone()))??;
+        let output = match tokio::time::timeout_at(deadline.into(), answer).await {
+            Ok(answer) => answer.map_err(|_| EngineError::WorkerStopped(self.name.clone()))??,
+            Err(_) => {
+                metrics::counter!(names::EXPIRED, "model" => self.name.clone(), "reason" => "deadline")
+                    .increment(1);
+                return Err(EngineError::DeadlineExceeded);
+            }
+        };
         Ok(Inference {
             outputs: output.outputs,
             tokens,
@@ -458,6 +484,11 @@ impl LoadedModel {
             compute: output.compute,
             batch_size: output.batch_size,
         })
+    }
+
+    /// Requests waiting in this model's queue.
+    pub fn queue_depth(&self) -> usize {
+        self.jobs.depth()
     }
 
     fn reject(&self, error: &EngineError) {

@@ -1,14 +1,20 @@
-//! The thread that owns one model's backend and runs its batches.
+//! The thread that owns one model's backend, forms its batches and runs them.
 //!
-//! Requests arrive on a bounded channel; the worker takes what is queued, up to the batch
-//! size, pads it into one batch and answers each request on its own oneshot channel.
-//! Requests whose caller has gone away (client disconnected) are dropped before they cost
-//! compute. Inference never runs on the async runtime's threads.
+//! Requests wait on a bounded channel. Each round the worker takes the first request, then
+//! whatever else is queued (waiting up to `max_batch_delay` for more only when that is
+//! configured and the batch is not full), drops the requests that can no longer be answered
+//! (client gone, deadline passed) before they cost compute, sorts the inputs by length so
+//! padding stays small, and cuts them into batches bounded by `max_batch_size` inputs and
+//! `max_batch_tokens` padded tokens. A request's inputs may span batches; it is answered as
+//! soon as its last input is done. Inference never runs on the async runtime's threads.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError};
 use keel_telemetry::metrics::names;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
 use crate::backend::{Backend, EncodedBatch};
 use crate::error::EngineError;
@@ -18,11 +24,11 @@ use crate::tokenize::TokenizedInput;
 #[derive(Debug)]
 pub struct JobOutput {
     pub outputs: Vec<Vec<f32>>,
-    /// From enqueueing to the start of the job's first batch.
+    /// From enqueueing to the start of the round that ran the job.
     pub queue_wait: Duration,
-    /// Compute time of the batches the job was part of.
+    /// Compute time of the batches the job's inputs ran in.
     pub compute: Duration,
-    /// Inputs in the (largest) batch the job ran in.
+    /// Inputs in the largest batch the job was part of.
     pub batch_size: usize,
 }
 
@@ -30,108 +36,265 @@ pub type JobResult = Result<JobOutput, EngineError>;
 
 pub struct Job {
     pub inputs: Vec<TokenizedInput>,
+    pub tokens: usize,
     pub enqueued: Instant,
+    pub deadline: Instant,
     pub reply: oneshot::Sender<JobResult>,
 }
 
+#[derive(Debug, Clone)]
 pub struct WorkerConfig {
     pub model: String,
     pub max_batch_size: usize,
-    pub queue_capacity: usize,
+    pub max_batch_tokens: usize,
+    pub max_batch_delay: Duration,
     pub pad_id: u32,
 }
 
-/// Starts the worker thread; it ends when every sender is dropped.
-pub fn spawn(config: WorkerConfig, backend: Box<dyn Backend>) -> mpsc::Sender<Job> {
-    let (tx, rx) = mpsc::channel(config.queue_capacity);
-    std::thread::Builder::new()
-        .name(format!("keel-infer-{}", config.model))
-        .spawn(move || run(config, backend, rx))
-        .expect("spawning an inference thread");
-    tx
+/// The sending side: admission control in requests (channel bound) and in tokens.
+#[derive(Clone)]
+pub struct JobQueue {
+    sender: Sender<Job>,
+    queued_tokens: Arc<AtomicUsize>,
+    max_queued_tokens: usize,
 }
 
-fn run(config: WorkerConfig, backend: Box<dyn Backend>, mut rx: mpsc::Receiver<Job>) {
-    while let Some(first) = rx.blocking_recv() {
-        let mut jobs = vec![first];
-        let mut queued = jobs[0].inputs.len();
-        while queued < config.max_batch_size {
-            match rx.try_recv() {
-                Ok(job) => {
-                    queued += job.inputs.len();
-                    jobs.push(job);
-                }
-                Err(_) => break,
+pub enum Admission {
+    Full,
+    Stopped,
+}
+
+impl JobQueue {
+    /// Enqueues without waiting; refuses at once when the queue is full.
+    pub fn try_push(&self, job: Job) -> Result<(), Admission> {
+        let tokens = job.tokens;
+        let before = self.queued_tokens.fetch_add(tokens, Ordering::SeqCst);
+        // A single request larger than the whole budget is still admitted into an empty
+        // queue, or it could never run.
+        if before > 0 && before + tokens > self.max_queued_tokens {
+            self.queued_tokens.fetch_sub(tokens, Ordering::SeqCst);
+            return Err(Admission::Full);
+        }
+        self.sender.try_send(job).map_err(|e| {
+            self.queued_tokens.fetch_sub(tokens, Ordering::SeqCst);
+            match e {
+                crossbeam_channel::TrySendError::Full(_) => Admission::Full,
+                crossbeam_channel::TrySendError::Disconnected(_) => Admission::Stopped,
             }
-        }
-        metrics::gauge!(names::QUEUE_DEPTH, "model" => config.model.clone()).set(rx.len() as f64);
-        let before = jobs.len();
-        jobs.retain(|job| !job.reply.is_closed());
-        if jobs.len() < before {
-            metrics::counter!(names::EXPIRED, "model" => config.model.clone())
-                .increment((before - jobs.len()) as u64);
-        }
+        })
+    }
+
+    pub fn depth(&self) -> usize {
+        self.sender.len()
+    }
+}
+
+/// Starts the worker thread; it ends when every [`JobQueue`] clone is dropped.
+pub fn spawn(
+    config: WorkerConfig,
+    backend: Box<dyn Backend>,
+    max_queued_requests: usize,
+    max_queued_tokens: usize,
+) -> JobQueue {
+    let (sender, receiver) = crossbeam_channel::bounded(max_queued_requests);
+    let queued_tokens = Arc::new(AtomicUsize::new(0));
+    let counter = queued_tokens.clone();
+    std::thread::Builder::new()
+        .name(format!("keel-infer-{}", config.model))
+        .spawn(move || run(config, backend, receiver, counter))
+        .expect("spawning an inference thread");
+    JobQueue {
+        sender,
+        queued_tokens,
+        max_queued_tokens,
+    }
+}
+
+fn run(
+    config: WorkerConfig,
+    backend: Box<dyn Backend>,
+    receiver: Receiver<Job>,
+    queued_tokens: Arc<AtomicUsize>,
+) {
+    while let Ok(first) = receiver.recv() {
+        let jobs = collect(&config, first, &receiver);
+        let taken: usize = jobs.iter().map(|j| j.tokens).sum();
+        queued_tokens.fetch_sub(taken, Ordering::SeqCst);
+        metrics::gauge!(names::QUEUE_DEPTH, "model" => config.model.clone())
+            .set(receiver.len() as f64);
+        let jobs = drop_unanswerable(&config, jobs);
         if !jobs.is_empty() {
-            run_jobs(&config, backend.as_ref(), jobs);
+            run_round(&config, backend.as_ref(), jobs);
         }
     }
 }
 
-fn run_jobs(config: &WorkerConfig, backend: &dyn Backend, jobs: Vec<Job>) {
+/// The first job plus what is queued, up to one full batch of inputs.
+fn collect(config: &WorkerConfig, first: Job, receiver: &Receiver<Job>) -> Vec<Job> {
+    let wait_until = Instant::now() + config.max_batch_delay;
+    let mut inputs = first.inputs.len();
+    let mut jobs = vec![first];
+    while inputs < config.max_batch_size {
+        let next = match receiver.try_recv() {
+            Ok(job) => job,
+            Err(TryRecvError::Disconnected) => break,
+            Err(TryRecvError::Empty) if config.max_batch_delay.is_zero() => break,
+            Err(TryRecvError::Empty) => match receiver.recv_deadline(wait_until) {
+                Ok(job) => job,
+                Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => break,
+            },
+        };
+        inputs += next.inputs.len();
+        jobs.push(next);
+    }
+    jobs
+}
+
+fn drop_unanswerable(config: &WorkerConfig, jobs: Vec<Job>) -> Vec<Job> {
+    let now = Instant::now();
+    let mut kept = Vec::with_capacity(jobs.len());
+    for job in jobs {
+        let reason = if job.reply.is_closed() {
+            "client_left"
+        } else if job.deadline <= now {
+            "deadline"
+        } else {
+            kept.push(job);
+            continue;
+        };
+        metrics::counter!(names::EXPIRED, "model" => config.model.clone(), "reason" => reason)
+            .increment(1);
+        let _ = job.reply.send(Err(EngineError::DeadlineExceeded));
+    }
+    kept
+}
+
+struct Pending {
+    outputs: Vec<Option<Vec<f32>>>,
+    remaining: usize,
+    compute: Duration,
+    batch_size: usize,
+    queue_wait: Duration,
+}
+
+fn run_round(config: &WorkerConfig, backend: &dyn Backend, jobs: Vec<Job>) {
     let started = Instant::now();
-    let inputs: Vec<&TokenizedInput> = jobs.iter().flat_map(|j| j.inputs.iter()).collect();
-    let mut outputs = Vec::with_capacity(inputs.len());
-    let mut failure = None;
-    let mut largest_batch = 0;
-    for chunk in inputs.chunks(config.max_batch_size) {
-        let batch = EncodedBatch::pad(chunk, config.pad_id);
+    let mut pending: Vec<Pending> = jobs
+        .iter()
+        .map(|job| {
+            let queue_wait = started.saturating_duration_since(job.enqueued);
+            metrics::histogram!(names::QUEUE_WAIT, "model" => config.model.clone())
+                .record(queue_wait.as_secs_f64());
+            Pending {
+                outputs: vec![None; job.inputs.len()],
+                remaining: job.inputs.len(),
+                compute: Duration::ZERO,
+                batch_size: 0,
+                queue_wait,
+            }
+        })
+        .collect();
+    let mut replies: Vec<Option<oneshot::Sender<JobResult>>> = Vec::with_capacity(jobs.len());
+    let mut inputs: Vec<Vec<TokenizedInput>> = Vec::with_capacity(jobs.len());
+    for job in jobs {
+        replies.push(Some(job.reply));
+        inputs.push(job.inputs);
+    }
+    let batches = plan(config, &inputs);
+
+    for batch_items in batches {
+        let rows: Vec<&TokenizedInput> = batch_items.iter().map(|&(j, i)| &inputs[j][i]).collect();
+        let batch = EncodedBatch::pad(&rows, config.pad_id);
         let batch_started = Instant::now();
-        match backend.forward(&batch) {
-            Ok(out) => {
-                let compute = batch_started.elapsed();
-                largest_batch = largest_batch.max(batch.batch_size);
-                let model = config.model.clone();
-                metrics::histogram!(names::INFERENCE_DURATION, "model" => model.clone())
-                    .record(compute.as_secs_f64());
-                metrics::histogram!(names::BATCH_SIZE, "model" => model.clone())
-                    .record(batch.batch_size as f64);
-                metrics::counter!(names::INFERENCE_INPUTS, "model" => model)
-                    .increment(batch.batch_size as u64);
-                tracing::debug!(
-                    model = %config.model,
-                    batch_size = batch.batch_size,
-                    seq_len = batch.seq_len,
-                    tokens = batch.real_tokens(),
-                    compute_ms = compute.as_secs_f64() * 1e3,
-                    "batch"
-                );
-                outputs.extend(out);
+        let result = backend.forward(&batch);
+        let compute = batch_started.elapsed();
+        match result {
+            Ok(vectors) => {
+                record_batch(config, &batch, compute);
+                for ((j, i), vector) in batch_items.iter().copied().zip(vectors) {
+                    let p = &mut pending[j];
+                    p.outputs[i] = Some(vector);
+                    p.remaining -= 1;
+                }
+                let mut seen = Vec::new();
+                for &(j, _) in &batch_items {
+                    if seen.contains(&j) {
+                        continue;
+                    }
+                    seen.push(j);
+                    let p = &mut pending[j];
+                    p.compute += compute;
+                    p.batch_size = p.batch_size.max(batch.batch_size);
+                    if p.remaining == 0 {
+                        if let Some(reply) = replies[j].take() {
+                            let outputs = std::mem::take(&mut p.outputs)
+                                .into_iter()
+                                .map(|o| o.expect("every input of a finished job has an output"))
+                                .collect();
+                            // The caller may have left meanwhile; nothing to do then.
+                            let _ = reply.send(Ok(JobOutput {
+                                outputs,
+                                queue_wait: p.queue_wait,
+                                compute: p.compute,
+                                batch_size: p.batch_size,
+                            }));
+                        }
+                    }
+                }
             }
             Err(e) => {
                 tracing::error!(model = %config.model, error = %e, "inference failed");
-                failure = Some(e.0);
-                break;
+                for reply in replies.iter_mut().filter_map(Option::take) {
+                    let _ = reply.send(Err(EngineError::Inference(e.0.clone())));
+                }
+                return;
             }
         }
     }
-    let compute = started.elapsed();
-    let mut outputs = outputs.into_iter();
-    for job in jobs {
-        let queue_wait = started.saturating_duration_since(job.enqueued);
-        metrics::histogram!(names::QUEUE_WAIT, "model" => config.model.clone())
-            .record(queue_wait.as_secs_f64());
-        let result = match &failure {
-            Some(message) => Err(EngineError::Inference(message.clone())),
-            None => Ok(JobOutput {
-                outputs: outputs.by_ref().take(job.inputs.len()).collect(),
-                queue_wait,
-                compute,
-                batch_size: largest_batch,
-            }),
-        };
-        // The caller may have left meanwhile; nothing to do then.
-        let _ = job.reply.send(result);
+}
+
+/// The round's inputs as (job, input) pairs, sorted by length so padding stays small, cut
+/// into batches bounded by input count and padded tokens.
+fn plan(config: &WorkerConfig, inputs: &[Vec<TokenizedInput>]) -> Vec<Vec<(usize, usize)>> {
+    let mut items: Vec<(usize, usize, usize)> = inputs
+        .iter()
+        .enumerate()
+        .flat_map(|(j, xs)| xs.iter().enumerate().map(move |(i, x)| (j, i, x.len())))
+        .collect();
+    items.sort_by_key(|&(_, _, len)| len);
+    let mut batches = Vec::new();
+    let mut current: Vec<(usize, usize)> = Vec::new();
+    for (j, i, len) in items {
+        // Sorted ascending, so `len` is the longest input of the batch if this one joins.
+        let padded = (current.len() + 1) * len;
+        if !current.is_empty()
+            && (current.len() == config.max_batch_size || padded > config.max_batch_tokens)
+        {
+            batches.push(std::mem::take(&mut current));
+        }
+        current.push((j, i));
     }
+    if !current.is_empty() {
+        batches.push(current);
+    }
+    batches
+}
+
+fn record_batch(config: &WorkerConfig, batch: &EncodedBatch, compute: Duration) {
+    let model = config.model.clone();
+    metrics::histogram!(names::INFERENCE_DURATION, "model" => model.clone())
+        .record(compute.as_secs_f64());
+    metrics::histogram!(names::BATCH_SIZE, "model" => model.clone())
+        .record(batch.batch_size as f64);
+    metrics::counter!(names::INFERENCE_INPUTS, "model" => model).increment(batch.batch_size as u64);
+    tracing::debug!(
+        model = %config.model,
+        batch_size = batch.batch_size,
+        seq_len = batch.seq_len,
+        tokens = batch.real_tokens(),
+        compute_ms = compute.as_secs_f64() * 1e3,
+        "batch"
+    );
 }
 
 #[cfg(test)]
@@ -139,7 +302,7 @@ mod tests {
     use super::*;
     use crate::backend::BackendError;
 
-    /// Echoes each input's length and the batch size, so tests can see how batches formed.
+    /// Echoes each input's length and its batch's size, so tests see how batches formed.
     struct ShapeBackend;
 
     impl Backend for ShapeBackend {
@@ -147,7 +310,13 @@ mod tests {
             Ok(batch
                 .attention_mask
                 .chunks(batch.seq_len)
-                .map(|row| vec![row.iter().sum::<u32>() as f32, batch.batch_size as f32])
+                .map(|row| {
+                    vec![
+                        row.iter().sum::<u32>() as f32,
+                        batch.batch_size as f32,
+                        batch.seq_len as f32,
+                    ]
+                })
                 .collect())
         }
     }
@@ -159,28 +328,101 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn answers_in_order_and_splits_large_requests() {
-        let tx = spawn(
-            WorkerConfig {
-                model: "t".into(),
-                max_batch_size: 2,
-                queue_capacity: 4,
-                pad_id: 0,
-            },
-            Box::new(ShapeBackend),
-        );
+    fn config(max_batch_size: usize, max_batch_tokens: usize) -> WorkerConfig {
+        WorkerConfig {
+            model: "test".into(),
+            max_batch_size,
+            max_batch_tokens,
+            max_batch_delay: Duration::ZERO,
+            pad_id: 0,
+        }
+    }
+
+    fn job(lens: &[usize], deadline: Duration) -> (Job, oneshot::Receiver<JobResult>) {
         let (reply, rx) = oneshot::channel();
-        tx.send(Job {
-            inputs: vec![input(3), input(1), input(2)],
-            enqueued: Instant::now(),
+        let inputs: Vec<_> = lens.iter().map(|&n| input(n)).collect();
+        let now = Instant::now();
+        let job = Job {
+            tokens: lens.iter().sum(),
+            inputs,
+            enqueued: now,
+            deadline: now + deadline,
             reply,
-        })
-        .await
-        .unwrap();
-        let out = rx.await.unwrap().unwrap().outputs;
-        let lens: Vec<f32> = out.iter().map(|v| v[0]).collect();
-        assert_eq!(lens, [3.0, 1.0, 2.0]);
-        assert!(out.iter().all(|v| v[1] <= 2.0), "{out:?}");
+        };
+        (job, rx)
+    }
+
+    #[test]
+    fn batches_group_by_length_and_respect_both_bounds() {
+        let inputs = vec![
+            vec![input(100), input(3)],
+            vec![input(4), input(90), input(5)],
+        ];
+        let batches = plan(&config(2, 1000), &inputs);
+        let lens: Vec<Vec<usize>> = batches
+            .iter()
+            .map(|b| b.iter().map(|&(j, i)| inputs[j][i].len()).collect())
+            .collect();
+        assert_eq!(lens, [vec![3, 4], vec![5, 90], vec![100]]);
+        // A token budget of 150 padded tokens keeps 90 and 100 apart.
+        let batches = plan(&config(8, 150), &inputs);
+        assert!(batches.iter().all(|b| {
+            let longest = b.iter().map(|&(j, i)| inputs[j][i].len()).max().unwrap();
+            b.len() == 1 || b.len() * longest <= 150
+        }));
+    }
+
+    #[tokio::test]
+    async fn answers_in_input_order_across_batches() {
+        let queue = spawn(config(2, 10_000), Box::new(ShapeBackend), 8, 10_000);
+        let (job, rx) = job(&[30, 1, 20, 2, 10], Duration::from_secs(10));
+        assert!(queue.try_push(job).is_ok());
+        let out = rx.await.unwrap().unwrap();
+        let lens: Vec<f32> = out.outputs.iter().map(|v| v[0]).collect();
+        assert_eq!(lens, [30.0, 1.0, 20.0, 2.0, 10.0]);
+        assert!(out.outputs.iter().all(|v| v[1] <= 2.0));
+        assert_eq!(out.batch_size, 2);
+    }
+
+    #[tokio::test]
+    async fn expired_and_abandoned_requests_cost_no_compute() {
+        let queue = spawn(config(4, 10_000), Box::new(ShapeBackend), 8, 10_000);
+        let (expired, expired_rx) = job(&[3], Duration::ZERO);
+        let (abandoned, abandoned_rx) = job(&[3], Duration::from_secs(10));
+        drop(abandoned_rx);
+        assert!(queue.try_push(expired).is_ok());
+        assert!(queue.try_push(abandoned).is_ok());
+        assert!(matches!(
+            expired_rx.await.unwrap(),
+            Err(EngineError::DeadlineExceeded)
+        ));
+    }
+
+    #[test]
+    fn a_full_queue_refuses_at_once() {
+        // No worker drains this channel, so it fills.
+        let (sender, _receiver) = crossbeam_channel::bounded(1);
+        let queue = JobQueue {
+            sender,
+            queued_tokens: Arc::new(AtomicUsize::new(0)),
+            max_queued_tokens: 10,
+        };
+        assert!(queue.try_push(job(&[4], Duration::from_secs(1)).0).is_ok());
+        assert!(matches!(
+            queue.try_push(job(&[4], Duration::from_secs(1)).0),
+            Err(Admission::Full)
+        ));
+        // The token budget refuses too, before the channel bound.
+        let (sender, _receiver) = crossbeam_channel::bounded(10);
+        let queue = JobQueue {
+            sender,
+            queued_tokens: Arc::new(AtomicUsize::new(0)),
+            max_queued_tokens: 10,
+        };
+        assert!(queue.try_push(job(&[8], Duration::from_secs(1)).0).is_ok());
+        assert!(matches!(
+            queue.try_push(job(&[8], Duration::from_secs(1)).0),
+            Err(Admission::Full)
+        ));
     }
 }

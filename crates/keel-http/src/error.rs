@@ -74,6 +74,9 @@ impl From<EngineError> for ApiError {
             EngineError::NotReady { .. } => {
                 Self::new(S::SERVICE_UNAVAILABLE, "model_not_ready", message).retry_after(5)
             }
+            EngineError::DeadlineExceeded => {
+                Self::new(S::GATEWAY_TIMEOUT, "deadline_exceeded", message)
+            }
             EngineError::QueueFull(_) => {
                 Self::new(S::TOO_MANY_REQUESTS, "queue_full", message).retry_after(1)
             }

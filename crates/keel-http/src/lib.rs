@@ -24,6 +24,8 @@ pub struct Limits {
     pub max_body_bytes: usize,
     /// Most inputs one request may carry.
     pub max_client_batch: usize,
+    /// Time a request may take; a client may ask for less with `X-Request-Timeout-Ms`.
+    pub request_timeout: std::time::Duration,
 }
 
 /// Everything a handler can reach.

@@ -40,7 +40,10 @@ async fn serve(settings: Settings, metrics: PrometheusHandle) -> anyhow::Result<
         loader,
         EngineOptions {
             max_batch_size: settings.max_batch_size,
-            queue_capacity: settings.max_queue_requests,
+            max_batch_tokens: settings.max_batch_tokens,
+            max_batch_delay: settings.max_batch_delay,
+            max_queue_requests: settings.max_queue_requests,
+            max_queue_tokens: settings.max_queue_tokens,
             max_input_tokens: settings.max_input_tokens,
             truncate: settings.truncate,
         },
@@ -54,6 +57,7 @@ async fn serve(settings: Settings, metrics: PrometheusHandle) -> anyhow::Result<
         limits: Limits {
             max_body_bytes: settings.max_body_bytes,
             max_client_batch: settings.max_client_batch,
+            request_timeout: settings.request_timeout,
         },
         settings: Arc::new(settings.public_view()),
         metrics: Some(metrics),

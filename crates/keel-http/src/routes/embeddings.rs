@@ -4,6 +4,7 @@
 //! SDKs ask for `encoding_format: "base64"` by default (little-endian f32 bytes).
 
 use axum::extract::State;
+use axum::http::HeaderMap;
 use axum::response::IntoResponse;
 use axum::routing::post;
 use axum::{Json, Router};
@@ -12,7 +13,7 @@ use keel_engine::Task;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::{check_input_count, TextOrTexts};
+use super::{check_input_count, deadline, TextOrTexts};
 use crate::error::ApiError;
 use crate::json::JsonBody;
 use crate::middleware::inference_headers;
@@ -73,8 +74,10 @@ fn texts(input: Value) -> Result<Vec<String>, ApiError> {
 
 async fn embeddings(
     State(state): State<AppState>,
+    headers: HeaderMap,
     JsonBody(request): JsonBody<EmbeddingsRequest>,
 ) -> Result<impl IntoResponse, ApiError> {
+    let deadline = deadline(&headers, &state.limits)?;
     let texts = texts(request.input)?;
     check_input_count(&texts, &state.limits)?;
     let model = state
@@ -89,7 +92,7 @@ async fn embeddings(
         }
     }
     let format = request.encoding_format.unwrap_or_default();
-    let inference = model.embed(texts).await?;
+    let inference = model.embed(texts, deadline).await?;
     let prompt_tokens = inference.tokens.iter().sum();
     let headers = inference_headers(&inference);
     let data = inference

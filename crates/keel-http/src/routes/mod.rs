@@ -7,7 +7,9 @@ pub mod models;
 pub mod openapi;
 pub mod predict;
 
-use axum::http::StatusCode;
+use std::time::{Duration, Instant};
+
+use axum::http::{HeaderMap, HeaderName, StatusCode};
 use serde::Deserialize;
 
 use crate::error::ApiError;
@@ -56,4 +58,28 @@ pub fn check_input_count(texts: &[String], limits: &Limits) -> Result<(), ApiErr
         )));
     }
     Ok(())
+}
+
+pub const REQUEST_TIMEOUT: HeaderName = HeaderName::from_static("x-request-timeout-ms");
+
+/// When the request must be answered by: `REQUEST_TIMEOUT_MS` from now, or sooner if the
+/// client asks for it in `X-Request-Timeout-Ms`.
+pub fn deadline(headers: &HeaderMap, limits: &Limits) -> Result<Instant, ApiError> {
+    let mut timeout = limits.request_timeout;
+    if let Some(value) = headers.get(&REQUEST_TIMEOUT) {
+        let ms: u64 = value
+            .to_str()
+            .ok()
+            .and_then(|v| v.trim().parse().ok())
+            .filter(|&ms| ms > 0)
+            .ok_or_else(|| {
+                ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_header",
+                    "X-Request-Timeout-Ms must be a positive whole number of milliseconds",
+                )
+            })?;
+        timeout = timeout.min(Duration::from_millis(ms));
+    }
+    Ok(Instant::now() + timeout)
 }

@@ -13,7 +13,7 @@ use keel_engine::Task;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::{check_input_count, TextOrTexts};
+use super::{check_input_count, deadline, TextOrTexts};
 use crate::error::ApiError;
 use crate::json::{check_json_content_type, parse_json, read_body};
 use crate::middleware::inference_headers;
@@ -49,6 +49,7 @@ async fn predict(
     query: Result<Query<PredictQuery>, QueryRejection>,
     request: Request,
 ) -> Result<impl IntoResponse, ApiError> {
+    let deadline = deadline(request.headers(), &state.limits)?;
     let Query(query) = query.map_err(|e| ApiError::invalid(e.body_text()))?;
     let request = if query.text.is_some() {
         // The guide's form: everything in the query string, body ignored.
@@ -85,7 +86,7 @@ async fn predict(
     let model = state
         .registry
         .get(request.model.as_deref(), Task::Classification)?;
-    let inference = model.classify(texts).await?;
+    let inference = model.classify(texts, deadline).await?;
     let labels = &model.spec.labels;
     let answers: Vec<Value> = inference
         .outputs
