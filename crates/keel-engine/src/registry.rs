@@ -446,10 +446,13 @@ impl LoadedModel {
                 .record(text.chars().count() as f64);
         }
         let model = self.clone();
-        let inputs = tokio::task::spawn_blocking(move || model.tokenizer.encode(&texts))
-            .await
-            .map_err(|e| EngineError::Tokenization(e.to_string()))?
-            .inspect_err(|e| self.reject(e))?;
+        let tokenize_span = tracing::info_span!("tokenize", model = %self.name);
+        let inputs = tokio::task::spawn_blocking(move || {
+            tokenize_span.in_scope(|| model.tokenizer.encode(&texts))
+        })
+        .await
+        .map_err(|e| EngineError::Tokenization(e.to_string()))?
+        .inspect_err(|e| self.reject(e))?;
         let tokens: Vec<usize> = inputs.iter().map(|i| i.len()).collect();
         for &n in &tokens {
             metrics::histogram!(names::INPUT_TOKENS, "model" => self.name.clone()).record(n as f64);
@@ -461,6 +464,8 @@ impl LoadedModel {
             enqueued: Instant::now(),
             deadline,
             reply,
+            span: tracing::Span::current(),
+            queue_span: tracing::info_span!("queue_wait", model = %self.name),
         };
         self.jobs
             .try_push(job)

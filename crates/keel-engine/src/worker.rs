@@ -40,6 +40,10 @@ pub struct Job {
     pub enqueued: Instant,
     pub deadline: Instant,
     pub reply: oneshot::Sender<JobResult>,
+    /// The request's span: parent of this job's spans in the worker.
+    pub span: tracing::Span,
+    /// Open from enqueueing until the job's round starts, so traces show the queue wait.
+    pub queue_span: tracing::Span,
 }
 
 #[derive(Debug, Clone)]
@@ -194,10 +198,15 @@ fn run_round(config: &WorkerConfig, backend: &dyn Backend, jobs: Vec<Job>) {
             }
         })
         .collect();
-    let mut replies: Vec<Option<oneshot::Sender<JobResult>>> = Vec::with_capacity(jobs.len());
+    let mut replies: Vec<Option<(oneshot::Sender<JobResult>, tracing::Span)>> =
+        Vec::with_capacity(jobs.len());
     let mut inputs: Vec<Vec<TokenizedInput>> = Vec::with_capacity(jobs.len());
+    let mut spans = Vec::with_capacity(jobs.len());
     for job in jobs {
-        replies.push(Some(job.reply));
+        drop(job.queue_span);
+        let inference = tracing::info_span!(parent: &job.span, "inference", model = %config.model);
+        replies.push(Some((job.reply, inference)));
+        spans.push(job.span);
         inputs.push(job.inputs);
     }
     let batches = plan(config, &inputs);
@@ -205,8 +214,18 @@ fn run_round(config: &WorkerConfig, backend: &dyn Backend, jobs: Vec<Job>) {
     for batch_items in batches {
         let rows: Vec<&TokenizedInput> = batch_items.iter().map(|&(j, i)| &inputs[j][i]).collect();
         let batch = EncodedBatch::pad(&rows, config.pad_id);
+        let batch_span = tracing::info_span!(
+            parent: None,
+            "batch",
+            model = %config.model,
+            batch_size = batch.batch_size,
+            seq_len = batch.seq_len
+        );
+        for &(j, _) in &batch_items {
+            batch_span.follows_from(&spans[j]);
+        }
         let batch_started = Instant::now();
-        let result = backend.forward(&batch);
+        let result = batch_span.in_scope(|| backend.forward(&batch));
         let compute = batch_started.elapsed();
         match result {
             Ok(vectors) => {
@@ -226,7 +245,7 @@ fn run_round(config: &WorkerConfig, backend: &dyn Backend, jobs: Vec<Job>) {
                     p.compute += compute;
                     p.batch_size = p.batch_size.max(batch.batch_size);
                     if p.remaining == 0 {
-                        if let Some(reply) = replies[j].take() {
+                        if let Some((reply, _inference_span)) = replies[j].take() {
                             let outputs = std::mem::take(&mut p.outputs)
                                 .into_iter()
                                 .map(|o| o.expect("every input of a finished job has an output"))
@@ -244,7 +263,7 @@ fn run_round(config: &WorkerConfig, backend: &dyn Backend, jobs: Vec<Job>) {
             }
             Err(e) => {
                 tracing::error!(model = %config.model, error = %e, "inference failed");
-                for reply in replies.iter_mut().filter_map(Option::take) {
+                for (reply, _) in replies.iter_mut().filter_map(Option::take) {
                     let _ = reply.send(Err(EngineError::Inference(e.0.clone())));
                 }
                 return;
@@ -348,6 +367,8 @@ mod tests {
             enqueued: now,
             deadline: now + deadline,
             reply,
+            span: tracing::Span::none(),
+            queue_span: tracing::Span::none(),
         };
         (job, rx)
     }

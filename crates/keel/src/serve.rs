@@ -16,7 +16,12 @@ use crate::settings::Settings;
 use keel_telemetry::logging;
 
 pub fn run(settings: Settings) -> anyhow::Result<()> {
-    logging::init(settings.log_format, &settings.log_level);
+    let _telemetry = logging::init(
+        settings.log_format,
+        &settings.log_level,
+        settings.otlp_endpoint.as_deref(),
+    )
+    .map_err(|e| anyhow::anyhow!("starting telemetry: {e}"))?;
     let metrics = keel_telemetry::metrics::install()
         .map_err(|e| anyhow::anyhow!("installing the metrics recorder: {e}"))?;
     // The backend's own parallelism; sized once so inference does not oversubscribe the CPU.

@@ -101,6 +101,7 @@ pub struct Settings {
     pub log_format: LogFormat,
     pub log_level: String,
     pub fail_fast: bool,
+    pub otlp_endpoint: Option<String>,
     pub shutdown_grace: Duration,
     pub shutdown_timeout: Duration,
 }
@@ -379,6 +380,17 @@ impl Settings {
             log_format,
             log_level,
             fail_fast: env.flag("KEEL_FAIL_FAST", false)?,
+            otlp_endpoint: match env.get("OTEL_EXPORTER_OTLP_ENDPOINT") {
+                None => None,
+                Some(url) if url.starts_with("http://") || url.starts_with("https://") => {
+                    Some(url.to_string())
+                }
+                Some(_) => {
+                    return Err(
+                        env.error("OTEL_EXPORTER_OTLP_ENDPOINT", "an http:// or https:// URL")
+                    )
+                }
+            },
             shutdown_grace: Duration::from_millis(env.parse(
                 "SHUTDOWN_GRACE_MS",
                 1000,
@@ -412,6 +424,8 @@ impl Settings {
             "log_format": match self.log_format { LogFormat::Json => "json", LogFormat::Pretty => "pretty" },
             "log_level": self.log_level,
             "fail_fast": self.fail_fast,
+            // The URL may carry credentials; say only whether export is on.
+            "otlp_export": self.otlp_endpoint.is_some(),
             "shutdown_grace_ms": self.shutdown_grace.as_millis() as u64,
             "shutdown_timeout_ms": self.shutdown_timeout.as_millis() as u64,
         })
