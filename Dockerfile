@@ -9,7 +9,6 @@ RUN cargo build --release --bin keel
 
 FROM python:3.11-slim-bookworm AS models
 WORKDIR /src
-RUN apt-get update && apt-get install -y --no-install-recommends unzip && rm -rf /var/lib/apt/lists/*
 COPY scripts ./scripts
 COPY assets ./assets
 RUN bash scripts/fetch-models.sh

