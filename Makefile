@@ -4,7 +4,7 @@ CARGO ?= cargo
 TEST_VENV := .cache/test-venv
 PORT ?= 8080
 
-.PHONY: run test models build release test-rust test-integration fmt lint clean-models
+.PHONY: run test bench models build release test-rust test-integration fmt lint clean-models
 
 ## Fetch the default models once, build in release mode, serve on $(PORT).
 run: models release
@@ -12,6 +12,10 @@ run: models release
 
 ## Unit tests, then the integration tests against the real server and real models.
 test: models lint test-rust test-integration
+
+## Side-by-side benchmark against the Python reference service; writes BENCHMARKS.md.
+bench: models release
+	python3 bench/run.py $(BENCH_ARGS)
 
 models:
 	bash scripts/fetch-models.sh

@@ -37,6 +37,8 @@ pub struct AppState {
     pub settings: Arc<serde_json::Value>,
     /// Renders `/metrics`; None when no recorder is installed (unit tests).
     pub metrics: Option<PrometheusHandle>,
+    /// Serve `/metrics` on the main router (false when it has a port of its own).
+    pub metrics_on_main_port: bool,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -47,11 +49,22 @@ pub fn router(state: AppState) -> Router {
         .merge(routes::embeddings::routes())
         .merge(routes::models::routes())
         .merge(routes::openapi::routes())
-        .merge(routes::metrics::routes())
+        .merge(if state.metrics_on_main_port {
+            routes::metrics::routes()
+        } else {
+            Router::new()
+        })
         .route_layer(from_fn(middleware::record_route))
         .fallback(routes::not_found)
         .method_not_allowed_fallback(routes::method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(from_fn(middleware::observe))
+        .with_state(state)
+}
+
+/// `/metrics` alone, for `METRICS_PORT`.
+pub fn metrics_router(state: AppState) -> Router {
+    routes::metrics::routes()
+        .fallback(routes::not_found)
         .with_state(state)
 }

@@ -66,7 +66,22 @@ async fn serve(settings: Settings, metrics: PrometheusHandle) -> anyhow::Result<
         },
         settings: Arc::new(settings.public_view()),
         metrics: Some(metrics),
+        metrics_on_main_port: settings.metrics_port.is_none(),
     };
+    if let Some(port) = settings.metrics_port {
+        let addr = SocketAddr::new(settings.host, port);
+        let listener = TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen on {addr} (METRICS_PORT)"))?;
+        let local = listener.local_addr()?;
+        tracing::info!(addr = %local, port = local.port(), "metrics listening");
+        let router = keel_http::metrics_router(state.clone());
+        tokio::spawn(async move {
+            if let Err(e) = axum::serve(listener, router).await {
+                tracing::error!(error = %e, "metrics listener failed");
+            }
+        });
+    }
     let addr = SocketAddr::new(settings.host, settings.port);
     let listener = TcpListener::bind(addr)
         .await

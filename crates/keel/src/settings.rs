@@ -22,6 +22,11 @@ pub const SETTINGS: &[(&str, &str, &str)] = &[
     ),
     ("HOST", "0.0.0.0", "address to listen on"),
     (
+        "METRICS_PORT",
+        "",
+        "serve /metrics on this port instead of PORT (keeps it off the public listener)",
+    ),
+    (
         "MODEL_PATH",
         "",
         "one model folder to serve (its folder name is its model name)",
@@ -86,6 +91,7 @@ pub use keel_telemetry::logging::LogFormat;
 pub struct Settings {
     pub host: IpAddr,
     pub port: u16,
+    pub metrics_port: Option<u16>,
     pub models: Vec<ModelSource>,
     pub max_batch_size: usize,
     pub max_client_batch: usize,
@@ -357,6 +363,10 @@ impl Settings {
                 "an IP address such as 0.0.0.0 or 127.0.0.1",
             )?,
             port: env.parse("PORT", 8080, "an integer from 0 to 65535")?,
+            metrics_port: match env.get("METRICS_PORT") {
+                None => None,
+                Some(_) => Some(env.parse("METRICS_PORT", 0, "an integer from 0 to 65535")?),
+            },
             models: models(&env)?,
             max_batch_size: env.count("MAX_BATCH_SIZE", 32, 4096)?,
             max_client_batch: env.count("MAX_CLIENT_BATCH", 256, 100_000)?,
@@ -410,6 +420,7 @@ impl Settings {
         json!({
             "host": self.host.to_string(),
             "port": self.port,
+            "metrics_port": self.metrics_port,
             "max_batch_size": self.max_batch_size,
             "max_client_batch": self.max_client_batch,
             "max_body_bytes": self.max_body_bytes,
