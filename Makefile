@@ -15,6 +15,7 @@ test: models lint test-rust test-integration
 
 ## Side-by-side benchmark against the Python reference service; writes BENCHMARKS.md.
 bench: models release
+	python3 bench/scale.py
 	python3 bench/run.py $(BENCH_ARGS)
 
 models:

@@ -43,6 +43,7 @@ REQUIREMENTS = REF_DIR / "requirements.txt"
 VENV = ROOT / ".cache" / "bench-venv"
 LOG_DIR = ROOT / ".cache" / "bench-logs"
 BACKEND_JSON = BENCH / "backend.json"
+SCALE_JSON = BENCH / "scale.json"
 BENCHMARKS_MD = ROOT / "BENCHMARKS.md"
 
 CLS_NAME = "sentiment-minilm-l6"
@@ -674,6 +675,28 @@ def render_backend() -> str:
     return "\n".join(out)
 
 
+def render_scale() -> str:
+    out = ["## Scale-out: replicas behind nginx", ""]
+    if not SCALE_JSON.is_file():
+        out += ["No `bench/scale.json` yet: `make bench` writes it (classification, short texts, "
+                "Keel replicas behind nginx on loopback, `deploy/scale_out.py --no-restart`).", ""]
+        return "\n".join(out)
+    data = json.loads(SCALE_JSON.read_text())
+    rows = [[r["replicas"], r["clients"], r["threads"], fmt(r["requests_per_second"]),
+             fmt(r["p50_ms"]), fmt(r["p99_ms"]), r["failed"]] for r in data["runs"]]
+    out += [f"Command: `{data['command']}`", "",
+            md_table(["replicas", "clients", "INFERENCE_THREADS each", "req/s", "p50 (ms)",
+                      "p99 (ms)", "failed"], rows), "",
+            "On this 2-core machine the replicas share the same two cores, so a second replica "
+            "adds little: inference is CPU-bound and one replica already uses both cores. On a "
+            "cluster each replica brings its own cores, and the HorizontalPodAutoscaler in "
+            "`deploy/kubernetes/hpa.yaml` adds a pod when average CPU passes 70% of the 2-core "
+            "request (or memory 80%): with one pod saturated (CPU ~100%), the HPA computes "
+            "ceil(1 x 100/70) = 2 replicas, then keeps adding while utilisation stays above the "
+            "target, up to 10; it scales down one pod a minute after 5 quiet minutes.", ""]
+    return "\n".join(out)
+
+
 def render(results: dict) -> str:
     m = results["machine"]
     points = results["points"]
@@ -805,6 +828,7 @@ def render(results: dict) -> str:
             "point; server CPU = user+system CPU time of that tree / wall time (2.0 = both "
             "cores); wrk CPU = the same for the load generator, which shares the machine.", ""]
     out.append(render_backend())
+    out.append(render_scale())
     return "\n".join(out).rstrip() + "\n"
 
 

@@ -20,6 +20,14 @@ pub async fn read_body<S: Send + Sync>(req: Request, state: &S) -> Result<Bytes,
                 "body_too_large",
                 "the request body is larger than MAX_BODY_BYTES allows",
             )
+        } else if rejection.body_text().contains("timed out")
+            || rejection.body_text().contains("timeout")
+        {
+            ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "body_timeout",
+                "the request body was not received within BODY_READ_TIMEOUT_MS",
+            )
         } else {
             ApiError::new(
                 StatusCode::BAD_REQUEST,

@@ -8,6 +8,7 @@ pub mod error;
 pub mod json;
 pub mod middleware;
 pub mod routes;
+pub mod server;
 
 use std::sync::Arc;
 
@@ -16,6 +17,7 @@ use axum::middleware::from_fn;
 use axum::Router;
 use keel_engine::ModelRegistry;
 use metrics_exporter_prometheus::PrometheusHandle;
+use tower_http::timeout::RequestBodyTimeoutLayer;
 
 /// Limits that the handlers enforce.
 #[derive(Debug, Clone)]
@@ -26,6 +28,8 @@ pub struct Limits {
     pub max_client_batch: usize,
     /// Time a request may take; a client may ask for less with `X-Request-Timeout-Ms`.
     pub request_timeout: std::time::Duration,
+    /// Time a client gets to send the body.
+    pub body_read_timeout: std::time::Duration,
 }
 
 /// Everything a handler can reach.
@@ -43,6 +47,7 @@ pub struct AppState {
 
 pub fn router(state: AppState) -> Router {
     let body_limit = state.limits.max_body_bytes;
+    let body_timeout = state.limits.body_read_timeout;
     Router::new()
         .merge(routes::health::routes())
         .merge(routes::predict::routes())
@@ -58,6 +63,7 @@ pub fn router(state: AppState) -> Router {
         .fallback(routes::not_found)
         .method_not_allowed_fallback(routes::method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))
+        .layer(RequestBodyTimeoutLayer::new(body_timeout))
         .layer(from_fn(middleware::observe))
         .with_state(state)
 }

@@ -1,13 +1,13 @@
 //! Wiring: settings -> registry (models loading in the background) -> HTTP server, and the
 //! shutdown signal.
 
-use std::future::IntoFuture;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use anyhow::Context;
 use keel_engine::registry::EngineOptions;
 use keel_engine::{BackendLoader, ModelRegistry};
+use keel_http::server::ServerOptions;
 use keel_http::{AppState, Limits};
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
@@ -63,6 +63,7 @@ async fn serve(settings: Settings, metrics: PrometheusHandle) -> anyhow::Result<
             max_body_bytes: settings.max_body_bytes,
             max_client_batch: settings.max_client_batch,
             request_timeout: settings.request_timeout,
+            body_read_timeout: settings.body_read_timeout,
         },
         settings: Arc::new(settings.public_view()),
         metrics: Some(metrics),
@@ -89,16 +90,23 @@ async fn serve(settings: Settings, metrics: PrometheusHandle) -> anyhow::Result<
     let local = listener.local_addr()?;
     tracing::info!(addr = %local, port = local.port(), models = settings.models.len(), "listening");
 
+    let options = ServerOptions {
+        max_connections: settings.max_connections,
+        header_read_timeout: settings.header_read_timeout,
+        tls: settings.tls.as_ref().map(|t| t.0.clone()),
+    };
     let (stop_accepting, accepting_stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = axum::serve(listener, keel_http::router(state)).with_graceful_shutdown(async {
-        let _ = accepting_stopped.await;
-    });
-    let mut server = std::pin::pin!(server.into_future());
-    tokio::select! {
-        result = &mut server => return result.context("serving HTTP"),
-        _ = shutdown_signal() => {}
-    }
+    let server = tokio::spawn(keel_http::server::serve(
+        listener,
+        keel_http::router(state),
+        options,
+        async {
+            let _ = accepting_stopped.await;
+        },
+        settings.shutdown_timeout,
+    ));
 
+    shutdown_signal().await;
     // Draining: /ready turns 503 at once, but the listener keeps accepting for the grace
     // period so that load balancers notice before connections are refused.
     registry.set_draining();
@@ -106,17 +114,13 @@ async fn serve(settings: Settings, metrics: PrometheusHandle) -> anyhow::Result<
         grace_ms = settings.shutdown_grace.as_millis() as u64,
         "shutdown requested; draining"
     );
-    tokio::select! {
-        result = &mut server => return result.context("serving HTTP"),
-        _ = tokio::time::sleep(settings.shutdown_grace) => {}
-    }
+    tokio::time::sleep(settings.shutdown_grace).await;
     let _ = stop_accepting.send(());
-    match tokio::time::timeout(settings.shutdown_timeout, server).await {
-        Ok(result) => result.context("serving HTTP")?,
-        Err(_) => tracing::warn!(
+    if !server.await.context("the server task failed")? {
+        tracing::warn!(
             timeout_ms = settings.shutdown_timeout.as_millis() as u64,
             "in-flight requests did not finish in time; exiting anyway"
-        ),
+        );
     }
     tracing::info!("stopped");
     Ok(())

@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use keel_engine::ModelSource;
+use keel_http::server::TlsAcceptor;
 use serde::Deserialize;
 use serde_json::json;
 
@@ -87,6 +88,16 @@ pub const DEFAULT_MODELS: &str =
 
 pub use keel_telemetry::logging::LogFormat;
 
+/// The TLS acceptor built from TLS_CERT_PATH and TLS_KEY_PATH (no Debug of its own).
+#[derive(Clone)]
+pub struct Tls(pub TlsAcceptor);
+
+impl fmt::Debug for Tls {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Tls(..)")
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub host: IpAddr,
@@ -108,6 +119,10 @@ pub struct Settings {
     pub log_level: String,
     pub fail_fast: bool,
     pub otlp_endpoint: Option<String>,
+    pub max_connections: usize,
+    pub header_read_timeout: Duration,
+    pub body_read_timeout: Duration,
+    pub tls: Option<Tls>,
     pub shutdown_grace: Duration,
     pub shutdown_timeout: Duration,
 }
@@ -320,6 +335,28 @@ fn models(env: &Env) -> Result<Vec<ModelSource>, SettingError> {
     }
 }
 
+fn tls(env: &Env) -> Result<Option<Tls>, SettingError> {
+    match (env.get("TLS_CERT_PATH"), env.get("TLS_KEY_PATH")) {
+        (None, None) => Ok(None),
+        (Some(cert), Some(key)) => keel_http::server::tls_acceptor(Path::new(cert), Path::new(key))
+            .map(|acceptor| Some(Tls(acceptor)))
+            .map_err(|e| {
+                env.error(
+                    "TLS_CERT_PATH",
+                    format!("a PEM certificate chain matching TLS_KEY_PATH ({e})"),
+                )
+            }),
+        (Some(_), None) => Err(env.error(
+            "TLS_KEY_PATH",
+            "a PEM private key path, since TLS_CERT_PATH is set",
+        )),
+        (None, Some(_)) => Err(env.error(
+            "TLS_CERT_PATH",
+            "a PEM certificate path, since TLS_KEY_PATH is set",
+        )),
+    }
+}
+
 impl Settings {
     pub fn from_env() -> Result<Self, SettingError> {
         Self::from_vars(
@@ -401,6 +438,18 @@ impl Settings {
                     )
                 }
             },
+            max_connections: env.count("MAX_CONNECTIONS", 1024, 1_000_000)?,
+            header_read_timeout: Duration::from_millis(env.count(
+                "HEADER_READ_TIMEOUT_MS",
+                10_000,
+                3_600_000,
+            )? as u64),
+            body_read_timeout: Duration::from_millis(env.count(
+                "BODY_READ_TIMEOUT_MS",
+                30_000,
+                3_600_000,
+            )? as u64),
+            tls: tls(&env)?,
             shutdown_grace: Duration::from_millis(env.parse(
                 "SHUTDOWN_GRACE_MS",
                 1000,
@@ -437,6 +486,10 @@ impl Settings {
             "fail_fast": self.fail_fast,
             // The URL may carry credentials; say only whether export is on.
             "otlp_export": self.otlp_endpoint.is_some(),
+            "max_connections": self.max_connections,
+            "header_read_timeout_ms": self.header_read_timeout.as_millis() as u64,
+            "body_read_timeout_ms": self.body_read_timeout.as_millis() as u64,
+            "tls": self.tls.is_some(),
             "shutdown_grace_ms": self.shutdown_grace.as_millis() as u64,
             "shutdown_timeout_ms": self.shutdown_timeout.as_millis() as u64,
         })

@@ -1,0 +1,135 @@
+//! The accept loop: what `axum::serve` does, plus the limits a server on the public internet
+//! needs — a cap on concurrent connections (excess waits in the kernel's backlog instead of
+//! costing memory), a header read timeout (a slow client cannot hold a connection forever),
+//! optional TLS (rustls), and a graceful drain on shutdown.
+
+use std::future::Future;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_rustls::rustls::ServerConfig;
+pub use tokio_rustls::TlsAcceptor;
+
+#[derive(Clone)]
+pub struct ServerOptions {
+    /// Most connections served at once.
+    pub max_connections: usize,
+    /// Time a client gets to send a request's headers (and to finish a TLS handshake).
+    pub header_read_timeout: Duration,
+    pub tls: Option<TlsAcceptor>,
+}
+
+/// Builds a TLS acceptor from PEM files: a certificate chain and its private key.
+pub fn tls_acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor, String> {
+    let certs = CertificateDer::pem_file_iter(cert)
+        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| format!("{}: {e}", cert.display()))?;
+    if certs.is_empty() {
+        return Err(format!("{}: no certificate found", cert.display()));
+    }
+    let key = PrivateKeyDer::from_pem_file(key).map_err(|e| format!("{}: {e}", key.display()))?;
+    let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
+    let mut config = ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| format!("certificate and key do not match: {e}"))?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(TlsAcceptor::from(Arc::new(config)))
+}
+
+/// Serves `router` on `listener` until `stop_accepting` resolves, then stops accepting and
+/// waits up to `drain_timeout` for open connections to finish their requests. Returns
+/// whether every connection drained in time.
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    options: ServerOptions,
+    stop_accepting: impl Future<Output = ()>,
+    drain_timeout: Duration,
+) -> bool {
+    let graceful = GracefulShutdown::new();
+    let permits = Arc::new(Semaphore::new(options.max_connections));
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(options.header_read_timeout);
+    let mut stop = std::pin::pin!(stop_accepting);
+    loop {
+        // Take a connection slot before accepting, so that excess connections wait in the
+        // listen backlog rather than being accepted and starved.
+        let permit = tokio::select! {
+            _ = &mut stop => break,
+            permit = permits.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
+        };
+        let (stream, _peer) = tokio::select! {
+            _ = &mut stop => break,
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let service = TowerToHyperService::new(router.clone());
+        let builder = builder.clone();
+        let watcher = graceful.watcher();
+        let tls = options.tls.clone();
+        let handshake_timeout = options.header_read_timeout;
+        tokio::spawn(async move {
+            let _permit = permit;
+            let result =
+                match tls {
+                    None => {
+                        let conn = builder
+                            .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                            .into_owned();
+                        watcher.watch(conn).await
+                    }
+                    Some(acceptor) => {
+                        let stream =
+                            match tokio::time::timeout(handshake_timeout, acceptor.accept(stream))
+                                .await
+                            {
+                                Ok(Ok(stream)) => stream,
+                                Ok(Err(e)) => {
+                                    tracing::debug!(error = %e, "TLS handshake failed");
+                                    return;
+                                }
+                                Err(_) => {
+                                    tracing::debug!("TLS handshake timed out");
+                                    return;
+                                }
+                            };
+                        let conn = builder
+                            .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                            .into_owned();
+                        watcher.watch(conn).await
+                    }
+                };
+            if let Err(e) = result {
+                tracing::debug!(error = %e, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    tokio::time::timeout(drain_timeout, graceful.shutdown())
+        .await
+        .is_ok()
+}

@@ -1,0 +1,67 @@
+"""Connection-level limits: TLS, slow clients (headers and bodies), the connection cap."""
+
+import socket
+import subprocess
+import time
+
+import pytest
+import requests
+
+from conftest import CLASSIFIER, MODELS, keel_bin
+
+MODEL = {"MODELS": f"{CLASSIFIER}={MODELS / CLASSIFIER}"}
+
+
+def test_tls_serves_https(start_keel, tmp_path):
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
+                    "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True)
+    k = start_keel({**MODEL, "TLS_CERT_PATH": str(cert), "TLS_KEY_PATH": str(key)}).wait_listening()
+    r = requests.get(f"https://127.0.0.1:{k.port}/health", verify=str(cert), timeout=5)
+    assert r.status_code == 200
+    with pytest.raises(requests.ConnectionError):
+        requests.get(f"http://127.0.0.1:{k.port}/health", timeout=5)
+
+
+def test_tls_settings_are_validated(tmp_path):
+    (tmp_path / "cert.pem").write_text("not a certificate")
+    for env, variable in [({"TLS_CERT_PATH": str(tmp_path / "cert.pem")}, "TLS_KEY_PATH"),
+                          ({"TLS_CERT_PATH": str(tmp_path / "cert.pem"), "TLS_KEY_PATH": str(tmp_path / "cert.pem")}, "TLS_CERT_PATH")]:
+        proc = subprocess.run([keel_bin()], env=env, capture_output=True, text=True, timeout=30)
+        assert proc.returncode == 2 and variable in proc.stderr, proc.stderr
+
+
+def test_slow_headers_are_cut_off(start_keel):
+    k = start_keel({**MODEL, "HEADER_READ_TIMEOUT_MS": "500"}).wait_listening()
+    with socket.create_connection(("127.0.0.1", k.port)) as s:
+        s.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n")  # never finishes the headers
+        s.settimeout(10)
+        started = time.monotonic()
+        data = s.recv(1024)
+        while data and b"HTTP/1.1" not in data:
+            data = s.recv(1024)
+        assert time.monotonic() - started < 5
+    # The server still serves others.
+    assert requests.get(k.url("/health")).status_code == 200
+
+
+def test_slow_body_gets_408(start_keel):
+    k = start_keel({**MODEL, "BODY_READ_TIMEOUT_MS": "500"}).wait_listening()
+    with socket.create_connection(("127.0.0.1", k.port)) as s:
+        s.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"text\":")
+        s.settimeout(10)
+        response = s.recv(4096).decode()
+    assert response.startswith("HTTP/1.1 408"), response
+    assert "body_timeout" in response
+
+
+def test_connection_cap_makes_extra_clients_wait(start_keel):
+    k = start_keel({**MODEL, "MAX_CONNECTIONS": "2", "HEADER_READ_TIMEOUT_MS": "20000"}).wait_listening()
+    idle = [socket.create_connection(("127.0.0.1", k.port)) for _ in range(2)]
+    time.sleep(0.2)
+    with pytest.raises(requests.Timeout):
+        requests.get(k.url("/health"), timeout=1)
+    idle[0].close()
+    assert requests.get(k.url("/health"), timeout=10).status_code == 200
+    idle[1].close()
