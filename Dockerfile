@@ -11,7 +11,7 @@ FROM python:3.11-slim-bookworm AS models
 WORKDIR /src
 COPY scripts ./scripts
 COPY assets ./assets
-RUN bash scripts/fetch-models.sh
+RUN bash scripts/fetch-models.sh && bash scripts/fetch-onnxruntime.sh
 
 FROM debian:bookworm-slim
 RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates \

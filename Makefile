@@ -20,6 +20,7 @@ bench: models release
 
 models:
 	bash scripts/fetch-models.sh
+	bash scripts/fetch-onnxruntime.sh
 
 release:
 	$(CARGO) build --release --bin keel

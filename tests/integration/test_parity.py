@@ -5,9 +5,22 @@ of mixed lengths so that padding is exercised too.
 """
 
 import numpy as np
+import pytest
 import requests
 
-from conftest import CLASSIFIER, EMBED_MODEL, load_fixture
+from conftest import CLASSIFIER, EMBED_MODEL, Keel, load_fixture
+
+
+@pytest.fixture(scope="module", params=["ort", "candle"])
+def url(request, keel):
+    """Parity holds for both backends: the session server (ONNX Runtime, the default) and a
+    candle server started for this module."""
+    if request.param == "ort":
+        yield keel.url
+        return
+    k = Keel({"BACKEND": "candle"}).wait_ready()
+    yield k.url
+    assert k.stop() == 0
 
 
 def servable(items, url, route, body):
@@ -67,3 +80,27 @@ def test_classification_matches_the_transformers_pipeline(url):
                 worst = max(worst, delta)
                 assert delta <= 1e-4, (item["text"][:80], entry, item["scores"])
     print(f"worst classification |dscore|: {worst:.2e}")
+
+
+def test_int8_drift_against_fp32_is_small(start_keel):
+    """ORT_PRECISION=int8 trades accuracy for speed; this measures the drift on the fixtures
+    (numbers quoted in the README) and guards against it growing."""
+    k = start_keel({"ORT_PRECISION": "int8"}).wait_ready()
+    emb = [i for i in load_fixture("embeddings.json")["items"] if i["text"].strip()]
+    cosines = []
+    for batch in chunks(emb, 8):
+        r = requests.post(k.url("/v1/embeddings"), json={"model": EMBED_MODEL, "input": [i["text"] for i in batch]})
+        for item, got in zip(batch, r.json()["data"]):
+            want, got = np.array(item["embedding"]), np.array(got["embedding"])
+            cosines.append(want @ got / (np.linalg.norm(want) * np.linalg.norm(got)))
+    cls = [i for i in load_fixture("classification.json")["items"] if i["text"].strip()]
+    flips, deltas = 0, []
+    for batch in chunks(cls, 8):
+        r = requests.post(k.url("/predict"), json={"model": CLASSIFIER, "inputs": [i["text"] for i in batch]})
+        for item, got in zip(batch, r.json()):
+            flips += got["label"] != item["label"]
+            deltas.append(abs(got["score"] - item["scores"][got["label"]]) if got["label"] == item["label"] else 1.0)
+    print(f"int8 vs fp32 reference: embedding cosine min {min(cosines):.4f} mean {np.mean(cosines):.4f}; "
+          f"label flips {flips}/{len(cls)}; median |dscore| {np.median(deltas):.4f}")
+    assert min(cosines) >= 0.95 and np.mean(cosines) >= 0.98
+    assert flips <= len(cls) // 10

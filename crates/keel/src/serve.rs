@@ -12,7 +12,7 @@ use keel_http::{AppState, Limits};
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 
-use crate::settings::Settings;
+use crate::settings::{BackendKind, Settings};
 use keel_telemetry::logging;
 
 pub fn run(settings: Settings) -> anyhow::Result<()> {
@@ -40,7 +40,17 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
 
 async fn serve(settings: Settings, metrics: PrometheusHandle) -> anyhow::Result<()> {
     let registry = ModelRegistry::new(settings.models.clone());
-    let loader: BackendLoader = Arc::new(keel_backend_candle::load);
+    let loader: BackendLoader = match settings.backend {
+        BackendKind::Candle => Arc::new(keel_backend_candle::load),
+        BackendKind::Ort => {
+            let options = keel_backend_ort::OrtOptions {
+                dylib_path: settings.ort_dylib_path.clone(),
+                intra_threads: settings.inference_threads,
+                precision: settings.ort_precision,
+            };
+            Arc::new(move |spec| keel_backend_ort::load(spec, &options))
+        }
+    };
     registry.start_loading(
         loader,
         EngineOptions {

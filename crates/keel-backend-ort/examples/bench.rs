@@ -1,0 +1,79 @@
+//! Milliseconds per batch of 32 inputs x 128 tokens on all-MiniLM-L6-v2: ONNX Runtime fp32,
+//! ONNX Runtime int8 and candle, each with 2 intra-op threads (candle: 2 rayon threads).
+//!
+//! `cargo run --release --example bench -p keel-backend-ort [-- ITERATIONS]`, from the
+//! repository root (or set `KEEL_MODELS_DIR` / `ORT_DYLIB_PATH`).
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use keel_backend_ort::{OrtOptions, Precision};
+use keel_engine::{Backend, EncodedBatch, ModelSpec};
+
+const BATCH: usize = 32;
+const SEQ: usize = 128;
+const THREADS: usize = 2;
+
+/// A full batch of plausible token ids: `[CLS] ... [SEP]`, no padding.
+fn batch() -> EncodedBatch {
+    let mut state = 0x2545_f491_u32;
+    let mut ids = Vec::with_capacity(BATCH * SEQ);
+    for _ in 0..BATCH {
+        ids.push(101);
+        for _ in 1..SEQ - 1 {
+            state = state.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            ids.push(1996 + (state >> 8) % 26_000);
+        }
+        ids.push(102);
+    }
+    EncodedBatch {
+        input_ids: ids,
+        type_ids: vec![0; BATCH * SEQ],
+        attention_mask: vec![1; BATCH * SEQ],
+        batch_size: BATCH,
+        seq_len: SEQ,
+    }
+}
+
+fn time(name: &str, backend: &dyn Backend, batch: &EncodedBatch, iterations: usize) {
+    backend.forward(batch).expect("warm-up");
+    let start = Instant::now();
+    for _ in 0..iterations {
+        backend.forward(batch).expect("forward");
+    }
+    let ms = start.elapsed().as_secs_f64() * 1000.0 / iterations as f64;
+    println!("{name:<10} {ms:>8.1} ms/batch ({BATCH}x{SEQ}, {iterations} iterations)");
+}
+
+fn main() {
+    let iterations = std::env::args()
+        .nth(1)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(5);
+    let models = std::env::var_os("KEEL_MODELS_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("models"));
+    let dylib = std::env::var_os("ORT_DYLIB_PATH")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| models.join("onnxruntime/libonnxruntime.so"));
+    let spec = ModelSpec::inspect(&models.join("all-MiniLM-L6-v2")).expect("model folder");
+    let batch = batch();
+
+    for (name, precision) in [("ort fp32", Precision::Fp32), ("ort int8", Precision::Int8)] {
+        let options = OrtOptions {
+            dylib_path: dylib.clone(),
+            intra_threads: THREADS,
+            precision,
+        };
+        let backend = keel_backend_ort::load(&spec, &options).expect("ort backend");
+        time(name, backend.as_ref(), &batch, iterations);
+    }
+
+    // candle parallelizes through rayon's global pool.
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(THREADS)
+        .build_global()
+        .expect("rayon pool");
+    let candle = keel_backend_candle::load(&spec).expect("candle backend");
+    time("candle", candle.as_ref(), &batch, iterations);
+}
