@@ -42,6 +42,7 @@ $(TEST_VENV)/.installed: tests/requirements.txt
 
 test-integration: build $(TEST_VENV)/.installed
 	KEEL_BIN=$(CURDIR)/target/debug/keel $(TEST_VENV)/bin/python -m pytest -q tests/integration
+	KEEL_BIN=$(CURDIR)/target/debug/keel $(TEST_VENV)/bin/python -m pytest -q tests/gateway
 
 fmt:
 	$(CARGO) fmt --all

@@ -43,12 +43,15 @@ pub struct AppState {
     pub metrics: Option<PrometheusHandle>,
     /// Serve `/metrics` on the main router (false when it has a port of its own).
     pub metrics_on_main_port: bool,
+    /// The gateway to third-party model APIs (`POST /v1/chat/completions`).
+    pub gateway: Option<Arc<keel_gateway::Gateway>>,
 }
 
 pub fn router(state: AppState) -> Router {
     let body_limit = state.limits.max_body_bytes;
     let body_timeout = state.limits.body_read_timeout;
-    Router::new()
+    let gateway = state.gateway.clone();
+    let local = Router::new()
         .merge(routes::health::routes())
         .merge(routes::predict::routes())
         .merge(routes::embeddings::routes())
@@ -59,13 +62,18 @@ pub fn router(state: AppState) -> Router {
         } else {
             Router::new()
         })
+        .with_state(state);
+    let routes = match gateway {
+        Some(gateway) => local.merge(keel_gateway::http::routes(gateway)),
+        None => local,
+    };
+    routes
         .route_layer(from_fn(middleware::record_route))
         .fallback(routes::not_found)
         .method_not_allowed_fallback(routes::method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(RequestBodyTimeoutLayer::new(body_timeout))
         .layer(from_fn(middleware::observe))
-        .with_state(state)
 }
 
 /// `/metrics` alone, for `METRICS_PORT`.

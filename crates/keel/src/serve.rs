@@ -78,6 +78,10 @@ async fn serve(settings: Settings, metrics: PrometheusHandle) -> anyhow::Result<
         settings: Arc::new(settings.public_view()),
         metrics: Some(metrics),
         metrics_on_main_port: settings.metrics_port.is_none(),
+        gateway: Some(Arc::new(
+            keel_gateway::Gateway::new(settings.gateway.clone())
+                .map_err(|e| anyhow::anyhow!("starting the gateway: {e}"))?,
+        )),
     };
     if let Some(port) = settings.metrics_port {
         let addr = SocketAddr::new(settings.host, port);

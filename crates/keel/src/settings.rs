@@ -121,6 +121,7 @@ pub enum BackendKind {
 
 #[derive(Debug, Clone)]
 pub struct Settings {
+    pub gateway: keel_gateway::GatewayConfig,
     pub backend: BackendKind,
     pub ort_dylib_path: PathBuf,
     pub ort_precision: keel_backend_ort::Precision,
@@ -223,10 +224,14 @@ impl Env<'_> {
     }
 }
 
+/// Keel's TOML file: `[[models]]` here, and a `[gateway]` table read by keel-gateway.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ConfigFile {
+    #[serde(default)]
     models: Vec<ConfigModel>,
+    #[allow(dead_code)]
+    gateway: Option<toml::Value>,
 }
 
 #[derive(Deserialize)]
@@ -288,21 +293,68 @@ fn parse_model_list(
     Ok(models)
 }
 
-fn models(env: &Env) -> Result<Vec<ModelSource>, SettingError> {
-    let given: Vec<&'static str> = ["MODEL_PATH", "MODELS", "KEEL_CONFIG"]
+/// The models of the TOML file named by KEEL_CONFIG (none if it has no `[[models]]`).
+fn config_file_models(
+    env: &Env,
+    file: &Path,
+    text: &str,
+) -> Result<Vec<ModelSource>, SettingError> {
+    let config: ConfigFile = toml::from_str(text).map_err(|e| {
+        env.error(
+            "KEEL_CONFIG",
+            format!(
+                "a TOML file of [[models]] (name, path) and an optional [gateway] table ({})",
+                e.message()
+            ),
+        )
+    })?;
+    let base = file.parent().unwrap_or(Path::new("."));
+    let models: Vec<ModelSource> = config
+        .models
+        .into_iter()
+        .map(|m| {
+            if !valid_name(&m.name) {
+                return Err(env.error(
+                    "KEEL_CONFIG",
+                    format!(
+                        "model names of letters, digits and -_.:/ (got \"{}\")",
+                        m.name
+                    ),
+                ));
+            }
+            Ok(ModelSource {
+                name: m.name,
+                path: base.join(m.path),
+            })
+        })
+        .collect::<Result<_, _>>()?;
+    check_unique(env, "KEEL_CONFIG", &models)?;
+    Ok(models)
+}
+
+fn models(env: &Env, config: Option<(&Path, &str)>) -> Result<Vec<ModelSource>, SettingError> {
+    let file_models = match config {
+        Some((file, text)) => config_file_models(env, file, text)?,
+        None => Vec::new(),
+    };
+    let mut given: Vec<&'static str> = ["MODEL_PATH", "MODELS"]
         .into_iter()
         .filter(|v| env.get(v).is_some())
         .collect();
+    if !file_models.is_empty() {
+        given.insert(0, "KEEL_CONFIG");
+    }
     if given.len() > 1 {
         return Err(env.error(
             given[1],
             format!(
-                "only one of MODEL_PATH, MODELS and KEEL_CONFIG (also set: {})",
+                "only one of MODEL_PATH, MODELS and KEEL_CONFIG's [[models]] (also set: {})",
                 given[0]
             ),
         ));
     }
     match given.first().copied() {
+        Some("KEEL_CONFIG") => Ok(file_models),
         Some("MODEL_PATH") => {
             let path = PathBuf::from(env.get("MODEL_PATH").unwrap_or_default());
             let name = path
@@ -315,46 +367,7 @@ fn models(env: &Env) -> Result<Vec<ModelSource>, SettingError> {
                 .to_string();
             Ok(vec![ModelSource { name, path }])
         }
-        Some("MODELS") => parse_model_list(env, "MODELS", env.get("MODELS").unwrap_or_default()),
-        Some(_) => {
-            let file = PathBuf::from(env.get("KEEL_CONFIG").unwrap_or_default());
-            let text = std::fs::read_to_string(&file)
-                .map_err(|e| env.error("KEEL_CONFIG", format!("a readable TOML file ({e})")))?;
-            let config: ConfigFile = toml::from_str(&text).map_err(|e| {
-                env.error(
-                    "KEEL_CONFIG",
-                    format!(
-                        "a TOML file of [[models]] with name and path ({})",
-                        e.message()
-                    ),
-                )
-            })?;
-            let base = file.parent().unwrap_or(Path::new("."));
-            let models: Vec<ModelSource> = config
-                .models
-                .into_iter()
-                .map(|m| {
-                    if !valid_name(&m.name) {
-                        return Err(env.error(
-                            "KEEL_CONFIG",
-                            format!(
-                                "model names of letters, digits and -_.:/ (got \"{}\")",
-                                m.name
-                            ),
-                        ));
-                    }
-                    Ok(ModelSource {
-                        name: m.name,
-                        path: base.join(m.path),
-                    })
-                })
-                .collect::<Result<_, _>>()?;
-            if models.is_empty() {
-                return Err(env.error("KEEL_CONFIG", "at least one [[models]] entry"));
-            }
-            check_unique(env, "KEEL_CONFIG", &models)?;
-            Ok(models)
-        }
+        Some(_) => parse_model_list(env, "MODELS", env.get("MODELS").unwrap_or_default()),
         None => parse_model_list(env, "MODELS", DEFAULT_MODELS),
     }
 }
@@ -417,6 +430,15 @@ impl Settings {
             None => None,
             Some(_) => Some(env.count("MAX_INPUT_TOKENS", 512, 1_000_000)?),
         };
+        let config_file = match env.get("KEEL_CONFIG") {
+            None => None,
+            Some(path) => {
+                let file = PathBuf::from(path);
+                let text = std::fs::read_to_string(&file)
+                    .map_err(|e| env.error("KEEL_CONFIG", format!("a readable TOML file ({e})")))?;
+                Some((file, text))
+            }
+        };
         let backend = match env.get("BACKEND").map(str::to_ascii_lowercase).as_deref() {
             None | Some("ort") => BackendKind::Ort,
             Some("candle") => BackendKind::Candle,
@@ -448,7 +470,23 @@ impl Settings {
                 None => None,
                 Some(_) => Some(env.parse("METRICS_PORT", 0, "an integer from 0 to 65535")?),
             },
-            models: models(&env)?,
+            models: models(
+                &env,
+                config_file.as_ref().map(|(f, t)| (f.as_path(), t.as_str())),
+            )?,
+            gateway: keel_gateway::GatewayConfig::from_parts(
+                config_file.as_ref().map(|(_, t)| t.as_str()),
+                vars,
+            )
+            .map_err(|e| SettingError {
+                variable: if config_file.is_some() {
+                    "KEEL_CONFIG"
+                } else {
+                    "OPENAI_BASE_URL/ANTHROPIC_BASE_URL"
+                },
+                value: e.to_string(),
+                accepted: "a valid gateway configuration (see the README's gateway section)".into(),
+            })?,
             max_batch_size: env.count("MAX_BATCH_SIZE", 32, 4096)?,
             max_client_batch: env.count("MAX_CLIENT_BATCH", 256, 100_000)?,
             max_body_bytes: env.count("MAX_BODY_BYTES", 2 * 1024 * 1024, 1 << 30)?,
