@@ -15,8 +15,9 @@ test: models lint test-rust test-integration
 
 ## Side-by-side benchmark against the Python reference service; writes BENCHMARKS.md.
 bench: models release
+	$(CARGO) run --release -q --example bench -p keel-backend-ort -- 5 bench/backend.json
 	python3 bench/scale.py
-	python3 bench/run.py $(BENCH_ARGS)
+	python3 bench/run.py --variant keel-ort-fp32: --variant keel-ort-int8:ORT_PRECISION=int8 --variant keel-candle:BACKEND=candle $(BENCH_ARGS)
 
 models:
 	bash scripts/fetch-models.sh

@@ -38,3 +38,14 @@ def test_help_lists_every_setting_with_its_default():
         assert name in proc.stdout
     assert "[default: 8080]" in proc.stdout
     assert "serve" in proc.stdout
+
+
+def test_gateway_settings_are_validated(tmp_path):
+    bad = tmp_path / "keel.toml"
+    bad.write_text('[gateway.providers.x]\nkind = "carrier-pigeon"\nbase_url = "http://127.0.0.1:1"\n')
+    proc = subprocess.run([keel_bin()], env={"KEEL_CONFIG": str(bad)}, capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 2 and "KEEL_CONFIG" in proc.stderr and "gateway.providers.x.kind" in proc.stderr, proc.stderr
+    proc = subprocess.run([keel_bin()], env={"OPENAI_API_KEY": "sk-x", "OPENAI_BASE_URL": "not a url"},
+                          capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 2 and "OPENAI_BASE_URL" in proc.stderr, proc.stderr
+    assert "sk-x" not in proc.stderr

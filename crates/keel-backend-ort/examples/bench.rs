@@ -1,8 +1,9 @@
 //! Milliseconds per batch of 32 inputs x 128 tokens on all-MiniLM-L6-v2: ONNX Runtime fp32,
 //! ONNX Runtime int8 and candle, each with 2 intra-op threads (candle: 2 rayon threads).
 //!
-//! `cargo run --release --example bench -p keel-backend-ort [-- ITERATIONS]`, from the
-//! repository root (or set `KEEL_MODELS_DIR` / `ORT_DYLIB_PATH`).
+//! `cargo run --release --example bench -p keel-backend-ort [-- ITERATIONS [OUT.json]]`, from
+//! the repository root (or set `KEEL_MODELS_DIR` / `ORT_DYLIB_PATH`). With OUT.json, the
+//! results are also written there for BENCHMARKS.md (`make bench` writes bench/backend.json).
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -35,7 +36,7 @@ fn batch() -> EncodedBatch {
     }
 }
 
-fn time(name: &str, backend: &dyn Backend, batch: &EncodedBatch, iterations: usize) {
+fn time(name: &str, backend: &dyn Backend, batch: &EncodedBatch, iterations: usize) -> f64 {
     backend.forward(batch).expect("warm-up");
     let start = Instant::now();
     for _ in 0..iterations {
@@ -43,6 +44,19 @@ fn time(name: &str, backend: &dyn Backend, batch: &EncodedBatch, iterations: usi
     }
     let ms = start.elapsed().as_secs_f64() * 1000.0 / iterations as f64;
     println!("{name:<10} {ms:>8.1} ms/batch ({BATCH}x{SEQ}, {iterations} iterations)");
+    ms
+}
+
+/// Forward FLOPs per token of all-MiniLM-L6-v2 at 128 tokens (about 21 M: 2 x 22.7 M
+/// parameters in the encoder's matmuls, minus embeddings, plus attention).
+const FLOP_PER_TOKEN: f64 = 21e6;
+
+fn row(name: &str, ms: f64) -> String {
+    let tokens_per_s = (BATCH * SEQ) as f64 / (ms / 1e3);
+    format!(
+        "{{\"backend\": \"{name}\", \"ms_per_batch_32x128\": {ms:.1}, \"tokens_per_s\": {tokens_per_s:.0}, \"gflop_per_s\": {:.1}}}",
+        tokens_per_s * FLOP_PER_TOKEN / 1e9
+    )
 }
 
 fn main() {
@@ -58,6 +72,7 @@ fn main() {
         .unwrap_or_else(|| models.join("onnxruntime/libonnxruntime.so"));
     let spec = ModelSpec::inspect(&models.join("all-MiniLM-L6-v2")).expect("model folder");
     let batch = batch();
+    let mut rows = Vec::new();
 
     for (name, precision) in [("ort fp32", Precision::Fp32), ("ort int8", Precision::Int8)] {
         let options = OrtOptions {
@@ -66,7 +81,7 @@ fn main() {
             precision,
         };
         let backend = keel_backend_ort::load(&spec, &options).expect("ort backend");
-        time(name, backend.as_ref(), &batch, iterations);
+        rows.push(row(name, time(name, backend.as_ref(), &batch, iterations)));
     }
 
     // candle parallelizes through rayon's global pool.
@@ -75,5 +90,15 @@ fn main() {
         .build_global()
         .expect("rayon pool");
     let candle = keel_backend_candle::load(&spec).expect("candle backend");
-    time("candle", candle.as_ref(), &batch, iterations);
+    rows.push(row(
+        "candle",
+        time("candle", candle.as_ref(), &batch, iterations),
+    ));
+    if let Some(out) = std::env::args().nth(2) {
+        let json = format!(
+            "{{\"command\": \"cargo run --release --example bench -p keel-backend-ort -- {iterations} {out}\", \"threads\": {THREADS}, \"flop_per_token\": {FLOP_PER_TOKEN:e}, \"results\": [{}]}}\n",
+            rows.join(", ")
+        );
+        std::fs::write(&out, json).expect("writing the results");
+    }
 }
