@@ -672,7 +672,54 @@ def render_backend() -> str:
         out += ["```json", json.dumps(rows, indent=2), "```", ""]
     out.append("Source: `bench/backend.json`.")
     out.append("")
+    fp32 = next((r for r in rows or [] if isinstance(r, dict) and r.get("backend") == "ort fp32"), None)
+    if fp32 and fp32.get("gflop_per_s"):
+        # Peak fp32 of this CPU: AMD Zen 5 (family 26) runs two full-width 512-bit FMA pipes,
+        # 2 x 16 lanes x 2 FLOP = 64 FLOP per cycle per core; at the nominal clock /proc reports.
+        try:
+            mhz = float(next(l.split(":")[1] for l in open("/proc/cpuinfo") if l.startswith("cpu MHz")))
+        except (OSError, StopIteration, ValueError):
+            mhz = None
+        if mhz:
+            peak = 2 * mhz / 1e3 * 64
+            out += [f"Long fp32 batches (32 x 128 tokens, ~21 MFLOP per token) run at "
+                    f"{fp32['gflop_per_s']:.0f} GFLOP/s: {fp32['gflop_per_s'] / peak * 100:.0f}% of this "
+                    f"CPU's nominal fp32 peak of {peak:.0f} GFLOP/s (2 cores x {mhz / 1e3:.2f} GHz x 64 "
+                    "FLOP/cycle, AVX-512 FMA on both pipes of a Zen 5 core); boost clocks above the "
+                    "nominal one would lower the fraction.", ""]
     return "\n".join(out)
+
+
+def render_overhead(points: list) -> str:
+    """The server's own cost (HTTP, JSON, tokenization, queueing) at concurrency 32: time per
+    answered request through HTTP against the backend's time per input in a full batch of
+    the same length (bench/backend.json's bench_shapes)."""
+    if not BACKEND_JSON.is_file():
+        return ""
+    shapes = {(r["backend"], r["batch"]): r for r in json.loads(BACKEND_JSON.read_text()).get("bench_shapes", [])}
+    by = {(p["service"], p["endpoint"], p["text"], p["concurrency"]): p for p in points}
+    rows = []
+    for service, backend in [("keel-ort-fp32", "ort fp32"), ("keel-ort-int8", "ort int8")]:
+        for text, batch in [("short", "32x18"), ("long", "32x160")]:
+            p, shape = by.get((service, "predict", text, 32)), shapes.get((backend, batch))
+            if not p or not shape or not p["rps"]:
+                continue
+            http_ms = 1e3 / p["rps"]
+            backend_ms = shape["ms_per_batch"] / 32
+            rows.append([service, text, batch, fmt(backend_ms, 3), fmt(http_ms, 3),
+                         f"{(http_ms / backend_ms - 1) * 100:+.0f}%"])
+    if not rows:
+        return ""
+    return "\n".join(["## Server overhead at concurrency 32", "",
+                      md_table(["service", "text", "backend batch", "backend ms per input",
+                                "HTTP ms per request (1 / req/s)", "overhead"], rows), "",
+                      "The overhead is what the whole server adds per request over the backend "
+                      "alone running full batches of the same length: HTTP parsing, JSON, "
+                      "tokenization, queueing, metrics, and batches that are not always full "
+                      "under a closed-loop load; all of it shares the same 2 cores as ONNX "
+                      "Runtime's threads. A negative figure means the served batches ran faster "
+                      "than the synthetic ones (the real long texts are a little shorter than "
+                      "160 tokens).", ""])
 
 
 def render_scale() -> str:
@@ -828,6 +875,7 @@ def render(results: dict) -> str:
             "point; server CPU = user+system CPU time of that tree / wall time (2.0 = both "
             "cores); wrk CPU = the same for the load generator, which shares the machine.", ""]
     out.append(render_backend())
+    out.append(render_overhead(points))
     out.append(render_scale())
     return "\n".join(out).rstrip() + "\n"
 

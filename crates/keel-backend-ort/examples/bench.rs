@@ -17,11 +17,18 @@ const THREADS: usize = 2;
 
 /// A full batch of plausible token ids: `[CLS] ... [SEP]`, no padding.
 fn batch() -> EncodedBatch {
+    batch_of(SEQ)
+}
+
+/// Like [`batch`], `BATCH` inputs of `seq` tokens: the shapes of `make bench`'s short (~18
+/// tokens) and long (~160 tokens) texts, to weigh the server's overhead against.
+fn batch_of(seq: usize) -> EncodedBatch {
+    let seq_len = seq;
     let mut state = 0x2545_f491_u32;
-    let mut ids = Vec::with_capacity(BATCH * SEQ);
+    let mut ids = Vec::with_capacity(BATCH * seq_len);
     for _ in 0..BATCH {
         ids.push(101);
-        for _ in 1..SEQ - 1 {
+        for _ in 1..seq_len - 1 {
             state = state.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
             ids.push(1996 + (state >> 8) % 26_000);
         }
@@ -29,10 +36,10 @@ fn batch() -> EncodedBatch {
     }
     EncodedBatch {
         input_ids: ids,
-        type_ids: vec![0; BATCH * SEQ],
-        attention_mask: vec![1; BATCH * SEQ],
+        type_ids: vec![0; BATCH * seq_len],
+        attention_mask: vec![1; BATCH * seq_len],
         batch_size: BATCH,
-        seq_len: SEQ,
+        seq_len,
     }
 }
 
@@ -43,7 +50,7 @@ fn time(name: &str, backend: &dyn Backend, batch: &EncodedBatch, iterations: usi
         backend.forward(batch).expect("forward");
     }
     let ms = start.elapsed().as_secs_f64() * 1000.0 / iterations as f64;
-    println!("{name:<10} {ms:>8.1} ms/batch ({BATCH}x{SEQ}, {iterations} iterations)");
+    println!("{name:<16} {ms:>8.1} ms/batch ({iterations} iterations)");
     ms
 }
 
@@ -73,6 +80,7 @@ fn main() {
     let spec = ModelSpec::inspect(&models.join("all-MiniLM-L6-v2")).expect("model folder");
     let batch = batch();
     let mut rows = Vec::new();
+    let mut shapes = Vec::new();
 
     for (name, precision) in [("ort fp32", Precision::Fp32), ("ort int8", Precision::Int8)] {
         let options = OrtOptions {
@@ -82,6 +90,14 @@ fn main() {
         };
         let backend = keel_backend_ort::load(&spec, &options).expect("ort backend");
         rows.push(row(name, time(name, backend.as_ref(), &batch, iterations)));
+        for seq in [18, 160] {
+            let label = format!("{name} 32x{seq}");
+            let ms = time(&label, backend.as_ref(), &batch_of(seq), iterations);
+            shapes.push(format!(
+                "{{\"backend\": \"{name}\", \"batch\": \"32x{seq}\", \"ms_per_batch\": {ms:.1}, \"inputs_per_s\": {:.0}}}",
+                BATCH as f64 / (ms / 1e3)
+            ));
+        }
     }
 
     // candle parallelizes through rayon's global pool.
@@ -96,8 +112,9 @@ fn main() {
     ));
     if let Some(out) = std::env::args().nth(2) {
         let json = format!(
-            "{{\"command\": \"cargo run --release --example bench -p keel-backend-ort -- {iterations} {out}\", \"threads\": {THREADS}, \"flop_per_token\": {FLOP_PER_TOKEN:e}, \"results\": [{}]}}\n",
-            rows.join(", ")
+            "{{\"command\": \"cargo run --release --example bench -p keel-backend-ort -- {iterations} {out}\", \"threads\": {THREADS}, \"flop_per_token\": {FLOP_PER_TOKEN:e}, \"results\": [{}], \"bench_shapes\": [{}]}}\n",
+            rows.join(", "),
+            shapes.join(", ")
         );
         std::fs::write(&out, json).expect("writing the results");
     }
