@@ -27,6 +27,10 @@ def test_openai_shaped_answer_and_request_id(client, fake, gateway):
     assert fields["outcome"] == "success" and fields["attempts"] == 1
     assert fields["prompt_tokens"] == 5 and fields["completion_tokens"] == 5
     assert fields["upstream_ms"] > 0
+    [call] = [l for l in gateway.log_lines() if l.get("message") == "upstream call" and l.get("request_id") == "req-basic-1"]
+    assert call["provider"] == "fake" and call["status"] == 200 and call["attempt"] == 1 and call["latency_ms"] > 0
+    # The provider key reached the provider, never the log.
+    assert all("sk-fake-key" not in str(l) for l in gateway.log_lines())
 
 
 def test_a_request_id_is_made_when_absent(http, fake):

@@ -147,6 +147,7 @@ impl Gateway {
                 };
                 match result {
                     AttemptResult::Complete { answer, usage } => {
+                        log_call(&record.request_id, target, &model, attempts_here, 200, sent);
                         self.attempt_metric(target, &model, "ok");
                         self.report_circuit(&key, admitted.record(true));
                         let served = served();
@@ -163,6 +164,7 @@ impl Gateway {
                         first,
                         done,
                     } => {
+                        log_call(&record.request_id, target, &model, attempts_here, 200, sent);
                         self.attempt_metric(target, &model, "ok");
                         self.report_circuit(&key, admitted.record(true));
                         let served = served();
@@ -172,6 +174,14 @@ impl Gateway {
                         return Ok(Answer::Stream { body, served });
                     }
                     AttemptResult::Refused { status, error } => {
+                        log_call(
+                            &record.request_id,
+                            target,
+                            &model,
+                            attempts_here,
+                            status,
+                            sent,
+                        );
                         self.attempt_metric(target, &model, "client_error");
                         self.report_circuit(&key, admitted.neutral());
                         let served = served();
@@ -273,4 +283,25 @@ impl Gateway {
             "provider" => target.provider.clone(), "model" => model.to_string(), "outcome" => outcome)
         .increment(1);
     }
+}
+
+/// The log line of an upstream call that got an answer (failed calls log a warning instead).
+fn log_call(
+    request_id: &str,
+    target: &crate::config::Target,
+    model: &str,
+    attempt: u32,
+    status: u16,
+    sent: Instant,
+) {
+    tracing::info!(
+        target: "keel::gateway",
+        request_id,
+        provider = %target.provider,
+        model,
+        attempt,
+        status,
+        latency_ms = sent.elapsed().as_secs_f64() * 1e3,
+        "upstream call"
+    );
 }
