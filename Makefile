@@ -17,6 +17,7 @@ test: models lint test-rust test-integration
 bench: models release
 	$(CARGO) run --release -q --example bench -p keel-backend-ort -- 5 bench/backend.json
 	python3 bench/scale.py
+	bash bench/gateway/run.sh | tee bench/gateway-overhead.txt
 	python3 bench/run.py --variant keel-ort-fp32: --variant keel-ort-int8:ORT_PRECISION=int8 --variant keel-candle:BACKEND=candle $(BENCH_ARGS)
 
 models:

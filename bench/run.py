@@ -722,6 +722,19 @@ def render_overhead(points: list) -> str:
                       "160 tokens).", ""])
 
 
+def render_gateway() -> str:
+    path = BENCH / "gateway-overhead.txt"
+    out = ["## Gateway overhead", ""]
+    if not path.is_file():
+        return "\n".join(out + ["No `bench/gateway-overhead.txt` yet: `make bench` writes it.", ""])
+    out += ["Keel's added latency on `POST /v1/chat/completions` over calling a minimal upstream "
+            "directly, open-loop at a fixed rate on loopback (the whole keel binary: middleware, "
+            "info-level JSON logs, metrics). Command: `bash bench/gateway/run.sh` "
+            "(RUN_SECONDS=5 per point). Target: p99 added under 1 ms.", "",
+            "```", path.read_text().strip(), "```", ""]
+    return "\n".join(out)
+
+
 def render_scale() -> str:
     out = ["## Scale-out: replicas behind nginx", ""]
     if not SCALE_JSON.is_file():
@@ -876,6 +889,7 @@ def render(results: dict) -> str:
             "cores); wrk CPU = the same for the load generator, which shares the machine.", ""]
     out.append(render_backend())
     out.append(render_overhead(points))
+    out.append(render_gateway())
     out.append(render_scale())
     return "\n".join(out).rstrip() + "\n"
 
