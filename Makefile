@@ -4,14 +4,14 @@ CARGO ?= cargo
 TEST_VENV := .cache/test-venv
 PORT ?= 8080
 
-.PHONY: run test bench models build release test-rust test-integration fmt lint clean-models
+.PHONY: run test test-deps bench models build release test-rust test-integration fmt lint clean-models
 
 ## Fetch the default models once, build in release mode, serve on $(PORT).
 run: models release
 	PORT=$(PORT) ./target/release/keel serve
 
 ## Unit tests, then the integration tests against the real server and real models.
-test: models lint test-rust test-integration
+test: test-deps models lint test-rust test-integration
 
 ## Side-by-side benchmark against the Python reference service; writes BENCHMARKS.md.
 bench: models release
@@ -19,6 +19,9 @@ bench: models release
 	python3 bench/scale.py
 	bash bench/gateway/run.sh | tee bench/gateway-overhead.txt
 	python3 bench/run.py --variant keel-ort-fp32: --variant keel-ort-int8:ORT_PRECISION=int8 --variant keel-candle:BACKEND=candle $(BENCH_ARGS)
+
+test-deps:
+	bash scripts/install-test-deps.sh
 
 models:
 	bash scripts/fetch-models.sh
