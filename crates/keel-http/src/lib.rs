@@ -4,6 +4,7 @@
 //! [`json::JsonBody`] and fails with [`error::ApiError`], so every client mistake becomes a
 //! `{"error": {"code", "message"}}` body with a 4xx status, never a 500.
 
+pub mod auth;
 pub mod error;
 pub mod json;
 pub mod middleware;
@@ -13,7 +14,7 @@ pub mod server;
 use std::sync::Arc;
 
 use axum::extract::DefaultBodyLimit;
-use axum::middleware::from_fn;
+use axum::middleware::{from_fn, from_fn_with_state};
 use axum::Router;
 use keel_engine::ModelRegistry;
 use metrics_exporter_prometheus::PrometheusHandle;
@@ -45,12 +46,15 @@ pub struct AppState {
     pub metrics_on_main_port: bool,
     /// The gateway to third-party model APIs (`POST /v1/chat/completions`).
     pub gateway: Option<Arc<keel_gateway::Gateway>>,
+    /// Accepted API keys; empty: no key needed.
+    pub api_keys: auth::ApiKeys,
 }
 
 pub fn router(state: AppState) -> Router {
     let body_limit = state.limits.max_body_bytes;
     let body_timeout = state.limits.body_read_timeout;
     let gateway = state.gateway.clone();
+    let api_keys = state.api_keys.clone();
     let local = Router::new()
         .merge(routes::health::routes())
         .merge(routes::predict::routes())
@@ -73,6 +77,7 @@ pub fn router(state: AppState) -> Router {
         .method_not_allowed_fallback(routes::method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(RequestBodyTimeoutLayer::new(body_timeout))
+        .layer(from_fn_with_state(api_keys, auth::require_key))
         .layer(from_fn(middleware::observe))
 }
 

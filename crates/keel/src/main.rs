@@ -20,6 +20,8 @@ struct Cli {
 enum Command {
     /// Load the configured models and serve them over HTTP (the default).
     Serve,
+    /// Read an API key on standard input and print its SHA-256 hash, for KEEL_API_KEYS_FILE.
+    HashKey,
 }
 
 fn main() {
@@ -40,6 +42,15 @@ fn main() {
                 eprintln!("keel: {e:#}");
                 std::process::exit(1);
             }
+        }
+        Command::HashKey => {
+            let mut key = String::new();
+            if std::io::stdin().read_line(&mut key).is_err() || key.trim().is_empty() {
+                eprintln!("keel: hash-key reads a key on standard input");
+                std::process::exit(2);
+            }
+            let hash = keel_http::auth::hash_key(key.trim_end_matches(['\r', '\n']));
+            println!("{}", keel_http::auth::to_hex(&hash));
         }
     }
 }

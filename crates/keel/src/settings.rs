@@ -144,6 +144,7 @@ pub struct Settings {
     pub log_level: String,
     pub fail_fast: bool,
     pub otlp_endpoint: Option<String>,
+    pub api_keys: keel_http::auth::ApiKeys,
     pub max_connections: usize,
     pub header_read_timeout: Duration,
     pub body_read_timeout: Duration,
@@ -372,6 +373,40 @@ fn models(env: &Env, config: Option<(&Path, &str)>) -> Result<Vec<ModelSource>, 
     }
 }
 
+fn api_keys(env: &Env) -> Result<keel_http::auth::ApiKeys, SettingError> {
+    use keel_http::auth::{hash_key, parse_hash, ApiKeys};
+    let mut hashes: Vec<[u8; 32]> = env
+        .get("KEEL_API_KEYS")
+        .unwrap_or_default()
+        .split(',')
+        .map(str::trim)
+        .filter(|k| !k.is_empty())
+        .map(hash_key)
+        .collect();
+    if let Some(path) = env.get("KEEL_API_KEYS_FILE") {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| env.error("KEEL_API_KEYS_FILE", format!("a readable file ({e})")))?;
+        for line in text.lines().map(str::trim) {
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            // A line may name its key after the hash: "HASH  name".
+            let hash = line.split_whitespace().next().unwrap_or_default();
+            hashes.push(parse_hash(hash).ok_or_else(|| {
+                env.error(
+                    "KEEL_API_KEYS_FILE",
+                    "lines of 64 hex digits (SHA-256 of a key), optionally followed by a name",
+                )
+            })?);
+        }
+    }
+    // Never echo keys back: the error names the variable, not its value.
+    Ok(ApiKeys::new(
+        hashes,
+        env.flag("METRICS_REQUIRE_KEY", false)?,
+    ))
+}
+
 fn tls(env: &Env) -> Result<Option<Tls>, SettingError> {
     match (env.get("TLS_CERT_PATH"), env.get("TLS_KEY_PATH")) {
         (None, None) => Ok(None),
@@ -520,6 +555,7 @@ impl Settings {
                     )
                 }
             },
+            api_keys: api_keys(&env)?,
             max_connections: env.count("MAX_CONNECTIONS", 1024, 1_000_000)?,
             header_read_timeout: Duration::from_millis(env.count(
                 "HEADER_READ_TIMEOUT_MS",
@@ -573,6 +609,7 @@ impl Settings {
             "fail_fast": self.fail_fast,
             // The URL may carry credentials; say only whether export is on.
             "otlp_export": self.otlp_endpoint.is_some(),
+            "api_keys": self.api_keys.len(),
             "max_connections": self.max_connections,
             "header_read_timeout_ms": self.header_read_timeout.as_millis() as u64,
             "body_read_timeout_ms": self.body_read_timeout.as_millis() as u64,
