@@ -86,7 +86,10 @@ def test_shutdown_drains_without_failing_a_request(start_keel):
                                   headers={"connection": "close"}, timeout=30)
                 results.append(r.status_code)
             except requests.ConnectionError as e:
-                results.append("refused" if "refused" in str(e).lower() else f"error: {e}")
+                # Never sent: refused, or reset while waiting in the backlog of a listener
+                # that closed. A client can retry those elsewhere; nothing was lost.
+                never_sent = "refused" in str(e).lower() or "Failed to establish a new connection" in str(e)
+                results.append("refused" if never_sent else f"error: {e}")
                 time.sleep(0.01)
 
     threads = [threading.Thread(target=client) for _ in range(6)]
@@ -95,7 +98,11 @@ def test_shutdown_drains_without_failing_a_request(start_keel):
     time.sleep(1.0)
     k.proc.send_signal(signal.SIGTERM)
     t0 = time.monotonic()
+    # The signal is handled asynchronously: /ready must turn within moments, well inside the grace.
     r = requests.get(k.url("/ready"), timeout=5)
+    while r.status_code == 200 and time.monotonic() - t0 < 0.5:
+        time.sleep(0.01)
+        r = requests.get(k.url("/ready"), timeout=5)
     assert r.status_code == 503 and r.json()["status"] == "draining"
     assert requests.get(k.url("/health"), timeout=5).status_code == 200
     assert k.proc.wait(timeout=60) == 0

@@ -49,6 +49,54 @@ pub fn tls_acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor, String> {
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
 
+fn spawn_connection(
+    stream: tokio::net::TcpStream,
+    permit: Option<tokio::sync::OwnedSemaphorePermit>,
+    builder: &auto::Builder<TokioExecutor>,
+    router: &Router,
+    graceful: &GracefulShutdown,
+    options: &ServerOptions,
+) {
+    let _ = stream.set_nodelay(true);
+    let service = TowerToHyperService::new(router.clone());
+    let builder = builder.clone();
+    let watcher = graceful.watcher();
+    let tls = options.tls.clone();
+    let handshake_timeout = options.header_read_timeout;
+    tokio::spawn(async move {
+        let _permit = permit;
+        let result = match tls {
+            None => {
+                let conn = builder
+                    .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                    .into_owned();
+                watcher.watch(conn).await
+            }
+            Some(acceptor) => {
+                let stream =
+                    match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
+                        Ok(Ok(stream)) => stream,
+                        Ok(Err(e)) => {
+                            tracing::debug!(error = %e, "TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => {
+                            tracing::debug!("TLS handshake timed out");
+                            return;
+                        }
+                    };
+                let conn = builder
+                    .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                    .into_owned();
+                watcher.watch(conn).await
+            }
+        };
+        if let Err(e) = result {
+            tracing::debug!(error = %e, "connection ended with an error");
+        }
+    });
+}
+
 /// Serves `router` on `listener` until `stop_accepting` resolves, then stops accepting and
 /// waits up to `drain_timeout` for open connections to finish their requests. Returns
 /// whether every connection drained in time.
@@ -86,47 +134,17 @@ pub async fn serve(
                 }
             },
         };
-        let _ = stream.set_nodelay(true);
-        let service = TowerToHyperService::new(router.clone());
-        let builder = builder.clone();
-        let watcher = graceful.watcher();
-        let tls = options.tls.clone();
-        let handshake_timeout = options.header_read_timeout;
-        tokio::spawn(async move {
-            let _permit = permit;
-            let result =
-                match tls {
-                    None => {
-                        let conn = builder
-                            .serve_connection_with_upgrades(TokioIo::new(stream), service)
-                            .into_owned();
-                        watcher.watch(conn).await
-                    }
-                    Some(acceptor) => {
-                        let stream =
-                            match tokio::time::timeout(handshake_timeout, acceptor.accept(stream))
-                                .await
-                            {
-                                Ok(Ok(stream)) => stream,
-                                Ok(Err(e)) => {
-                                    tracing::debug!(error = %e, "TLS handshake failed");
-                                    return;
-                                }
-                                Err(_) => {
-                                    tracing::debug!("TLS handshake timed out");
-                                    return;
-                                }
-                            };
-                        let conn = builder
-                            .serve_connection_with_upgrades(TokioIo::new(stream), service)
-                            .into_owned();
-                        watcher.watch(conn).await
-                    }
-                };
-            if let Err(e) = result {
-                tracing::debug!(error = %e, "connection ended with an error");
-            }
-        });
+        spawn_connection(stream, Some(permit), &builder, &router, &graceful, &options);
+    }
+    // Connections still in the kernel's backlog have sent their requests already: serve
+    // them rather than reset them by closing the listener under them.
+    while let Some(Ok((stream, _))) = std::future::poll_fn(|cx| match listener.poll_accept(cx) {
+        std::task::Poll::Pending => std::task::Poll::Ready(None),
+        std::task::Poll::Ready(result) => std::task::Poll::Ready(Some(result)),
+    })
+    .await
+    {
+        spawn_connection(stream, None, &builder, &router, &graceful, &options);
     }
     drop(listener);
     tokio::time::timeout(drain_timeout, graceful.shutdown())
