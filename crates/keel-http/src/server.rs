@@ -49,6 +49,9 @@ pub fn tls_acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor, String> {
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
 
+/// How long connections accepted last get to deliver their request before shutdown.
+const SETTLE: Duration = Duration::from_millis(250);
+
 fn spawn_connection(
     stream: tokio::net::TcpStream,
     permit: Option<tokio::sync::OwnedSemaphorePermit>,
@@ -147,6 +150,10 @@ pub async fn serve(
         spawn_connection(stream, None, &builder, &router, &graceful, &options);
     }
     drop(listener);
+    // A connection just accepted looks idle to hyper until its request is parsed, and a
+    // graceful shutdown closes idle connections at once: give the last ones a moment to
+    // become in-flight requests, which the shutdown then waits for.
+    tokio::time::sleep(SETTLE.min(drain_timeout)).await;
     tokio::time::timeout(drain_timeout, graceful.shutdown())
         .await
         .is_ok()
