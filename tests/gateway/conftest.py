@@ -140,9 +140,8 @@ def fake_server():
     server.shutdown()
 
 
-@pytest.fixture(scope="session")
-def gateway(fake_server, tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("gateway")
+def start_gateway(fake_server, tmp, extra_env=None):
+    """Starts keel with CONFIG pointed at the fake; returns (process, Gateway)."""
     base = f"http://127.0.0.1:{fake_server.server_address[1]}"
     config = tmp / "keel.toml"
     config.write_text(CONFIG.replace("{base}", base))
@@ -158,6 +157,7 @@ def gateway(fake_server, tmp_path_factory):
         "HOST": "127.0.0.1",
         "PORT": "0",
         "SHUTDOWN_GRACE_MS": "0",
+        **(extra_env or {}),
     }
     assert BIN.exists(), f"build keel first: {BIN} is missing"
     with open(log_path, "w") as log:
@@ -171,12 +171,22 @@ def gateway(fake_server, tmp_path_factory):
                 addr = f"127.0.0.1:{line['port']}"
         time.sleep(0.05)
     assert addr, "keel did not start within 30 s: " + log_path.read_text()
-    yield Gateway(f"http://{addr}", log_path)
+    return proc, Gateway(f"http://{addr}", log_path)
+
+
+def stop(proc):
     proc.terminate()
     try:
         proc.wait(timeout=5)
     except subprocess.TimeoutExpired:
         proc.kill()
+
+
+@pytest.fixture(scope="session")
+def gateway(fake_server, tmp_path_factory):
+    proc, gw = start_gateway(fake_server, tmp_path_factory.mktemp("gateway"))
+    yield gw
+    stop(proc)
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use serde_json::json;
 
 use crate::gateway::Gateway;
@@ -141,12 +141,16 @@ fn served_headers(response: &mut Response, served: &Served) {
 async fn chat_completions(
     State(gateway): State<Arc<Gateway>>,
     headers: HeaderMap,
+    charge: Option<Extension<keel_limits::Charge>>,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let id = request_id(&headers);
     let mut response = match parse(&headers, body) {
         Err(e) => e.into_response(),
-        Ok(chat) => match gateway.chat(chat, id.clone()).await {
+        Ok(chat) => match gateway
+            .chat(chat, id.clone(), charge.map(|Extension(c)| c))
+            .await
+        {
             Err(e) => GatewayApiError::from(e).into_response(),
             Ok(answer) => answer_response(answer),
         },

@@ -25,6 +25,8 @@ pub struct RequestRecord {
     pub usage: Usage,
     pub price: Option<Price>,
     pub fallbacks: u32,
+    /// Settles the tokens and cost against the caller's limits when the request ends.
+    pub charge: Option<keel_limits::Charge>,
     finished: bool,
 }
 
@@ -45,6 +47,7 @@ impl RequestRecord {
             usage: Usage::default(),
             price: None,
             fallbacks: 0,
+            charge: None,
             finished: false,
         }
     }
@@ -92,6 +95,12 @@ impl RequestRecord {
         );
         metrics::counter!(names::REQUESTS, "route" => self.route.clone(), "outcome" => outcome)
             .increment(1);
+        if let Some(charge) = self.charge.take() {
+            charge.usage(
+                self.usage.prompt_tokens + self.usage.completion_tokens,
+                cost,
+            );
+        }
         if self.retry_after_wait > Duration::ZERO {
             metrics::histogram!(names::RETRY_AFTER_WAIT, "route" => self.route.clone())
                 .record(self.retry_after_wait.as_secs_f64());

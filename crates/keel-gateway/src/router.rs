@@ -70,6 +70,7 @@ impl Gateway {
         &self,
         chat: ChatRequest,
         request_id: HeaderValue,
+        charge: Option<keel_limits::Charge>,
     ) -> Result<Answer, ChatError> {
         let route = self
             .config
@@ -83,6 +84,7 @@ impl Gateway {
             request_id.to_str().unwrap_or_default(),
             chat.stream,
         );
+        record.charge = charge;
         let mut reasons: Vec<String> = Vec::new();
         let mut untranslatable = Vec::new();
 

@@ -12,15 +12,37 @@ use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use keel_limits::{Caller, KeyLimits};
 use sha2::{Digest, Sha256};
-use subtle::ConstantTimeEq;
+use subtle::{ConditionallySelectable, ConstantTimeEq};
 
 use crate::error::ApiError;
+
+/// One accepted key: its hash, and who it is to the limiter (a public id and its limits).
+#[derive(Clone, Debug)]
+pub struct KeyEntry {
+    pub hash: [u8; 32],
+    pub caller: Caller,
+}
+
+impl KeyEntry {
+    /// The key's public id is a prefix of its hash: safe to log and to use as a Redis key,
+    /// and the same on every replica.
+    pub fn new(hash: [u8; 32], limits: KeyLimits) -> Self {
+        Self {
+            hash,
+            caller: Caller {
+                id: Arc::from(format!("key-{}", &to_hex(&hash)[..12])),
+                limits,
+            },
+        }
+    }
+}
 
 /// The hashes of the accepted keys, and what they guard.
 #[derive(Clone, Debug)]
 pub struct ApiKeys {
-    hashes: Arc<Vec<[u8; 32]>>,
+    entries: Arc<Vec<KeyEntry>>,
     pub protect_metrics: bool,
 }
 
@@ -46,29 +68,38 @@ pub fn to_hex(hash: &[u8; 32]) -> String {
 }
 
 impl ApiKeys {
-    pub fn new(hashes: Vec<[u8; 32]>, protect_metrics: bool) -> Self {
+    pub fn new(entries: Vec<KeyEntry>, protect_metrics: bool) -> Self {
         Self {
-            hashes: Arc::new(hashes),
+            entries: Arc::new(entries),
             protect_metrics,
         }
     }
 
     pub fn len(&self) -> usize {
-        self.hashes.len()
+        self.entries.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.hashes.is_empty()
+        self.entries.is_empty()
     }
 
-    /// Whether `presented` is one of the keys. Looks at every hash whatever matches.
-    pub fn accepts(&self, presented: &str) -> bool {
+    /// Whether any key carries limits of its own.
+    pub fn has_own_limits(&self) -> bool {
+        self.entries.iter().any(|e| !e.caller.limits.is_unlimited())
+    }
+
+    /// The caller whose key `presented` is, if any. Looks at every hash whatever matches,
+    /// and picks the match without branching on it.
+    pub fn identify(&self, presented: &str) -> Option<&Caller> {
         let candidate = hash_key(presented);
         let mut found = subtle::Choice::from(0);
-        for stored in self.hashes.iter() {
-            found |= stored.ct_eq(&candidate);
+        let mut index = 0u32;
+        for (i, entry) in self.entries.iter().enumerate() {
+            let equal = entry.hash.ct_eq(&candidate);
+            index.conditional_assign(&(i as u32), equal);
+            found |= equal;
         }
-        found.into()
+        bool::from(found).then(|| &self.entries[index as usize].caller)
     }
 
     fn guards(&self, path: &str) -> bool {
@@ -94,13 +125,23 @@ fn presented_key(headers: &HeaderMap) -> Option<&str> {
         .map(str::trim)
 }
 
-pub async fn require_key(State(keys): State<ApiKeys>, req: Request, next: Next) -> Response {
+/// Lets through requests with a valid key (marking them with the key's [`Caller`] for the
+/// limiter), requests to open paths, and everything when no key is configured.
+pub async fn require_key(State(keys): State<ApiKeys>, mut req: Request, next: Next) -> Response {
     if keys.is_empty() || !keys.guards(req.uri().path()) {
         return next.run(req).await;
     }
-    match presented_key(req.headers()) {
-        Some(key) if !key.is_empty() && keys.accepts(key) => next.run(req).await,
-        presented => {
+    let caller = presented_key(req.headers())
+        .filter(|key| !key.is_empty())
+        .and_then(|key| keys.identify(key))
+        .cloned();
+    match caller {
+        Some(caller) => {
+            req.extensions_mut().insert(caller);
+            next.run(req).await
+        }
+        None => {
+            let presented = presented_key(req.headers());
             let message = if presented.is_some() {
                 "the API key is not valid"
             } else {
@@ -122,9 +163,18 @@ mod tests {
 
     #[test]
     fn accepts_only_the_configured_keys() {
-        let keys = ApiKeys::new(vec![hash_key("alpha"), hash_key("beta")], false);
-        assert!(keys.accepts("alpha") && keys.accepts("beta"));
-        assert!(!keys.accepts("gamma") && !keys.accepts("") && !keys.accepts("alph"));
+        let entry = |k| KeyEntry::new(hash_key(k), KeyLimits::default());
+        let keys = ApiKeys::new(vec![entry("alpha"), entry("beta")], false);
+        let id = |k| keys.identify(k).map(|c| c.id.to_string());
+        assert_eq!(
+            id("alpha"),
+            Some(format!("key-{}", &to_hex(&hash_key("alpha"))[..12]))
+        );
+        assert_eq!(
+            id("beta"),
+            Some(format!("key-{}", &to_hex(&hash_key("beta"))[..12]))
+        );
+        assert!(id("gamma").is_none() && id("").is_none() && id("alph").is_none());
     }
 
     #[test]
@@ -150,7 +200,10 @@ mod tests {
 
     #[test]
     fn probes_stay_open() {
-        let keys = ApiKeys::new(vec![hash_key("k")], false);
+        let keys = ApiKeys::new(
+            vec![KeyEntry::new(hash_key("k"), KeyLimits::default())],
+            false,
+        );
         assert!(!keys.guards("/health") && !keys.guards("/ready") && !keys.guards("/metrics"));
         assert!(keys.guards("/predict") && keys.guards("/v1/chat/completions"));
         assert!(ApiKeys::new(vec![], true).guards("/metrics"));

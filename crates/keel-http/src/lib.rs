@@ -8,6 +8,7 @@ pub mod auth;
 pub mod error;
 pub mod json;
 pub mod middleware;
+pub mod rate_limit;
 pub mod routes;
 pub mod server;
 
@@ -48,6 +49,8 @@ pub struct AppState {
     pub gateway: Option<Arc<keel_gateway::Gateway>>,
     /// Accepted API keys; empty: no key needed.
     pub api_keys: auth::ApiKeys,
+    /// Per-key limits; None: unlimited.
+    pub limiter: Option<Arc<keel_limits::Limiter>>,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -55,6 +58,7 @@ pub fn router(state: AppState) -> Router {
     let body_timeout = state.limits.body_read_timeout;
     let gateway = state.gateway.clone();
     let api_keys = state.api_keys.clone();
+    let limiter = state.limiter.clone();
     let local = Router::new()
         .merge(routes::health::routes())
         .merge(routes::predict::routes())
@@ -77,6 +81,7 @@ pub fn router(state: AppState) -> Router {
         .method_not_allowed_fallback(routes::method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(RequestBodyTimeoutLayer::new(body_timeout))
+        .layer(from_fn_with_state(limiter, rate_limit::enforce))
         .layer(from_fn_with_state(api_keys, auth::require_key))
         .layer(from_fn(middleware::observe))
 }

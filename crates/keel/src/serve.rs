@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use keel_engine::registry::EngineOptions;
@@ -67,6 +68,7 @@ async fn serve(settings: Settings, metrics: PrometheusHandle) -> anyhow::Result<
         tokio::spawn(exit_when_a_model_fails(registry.clone()));
     }
 
+    let limiter = limiter(&settings.rate_limits)?;
     let state = AppState {
         registry: registry.clone(),
         limits: Limits {
@@ -79,6 +81,7 @@ async fn serve(settings: Settings, metrics: PrometheusHandle) -> anyhow::Result<
         metrics: Some(metrics),
         metrics_on_main_port: settings.metrics_port.is_none(),
         api_keys: settings.api_keys.clone(),
+        limiter,
         gateway: Some(Arc::new(
             keel_gateway::Gateway::new(settings.gateway.clone())
                 .map_err(|e| anyhow::anyhow!("starting the gateway: {e}"))?,
@@ -175,4 +178,36 @@ async fn shutdown_signal() {
         _ = interrupt => {},
         _ = terminate => {},
     }
+}
+
+/// The per-key limiter, when any limit is set; with REDIS_URL its store probe starts here.
+fn limiter(
+    limits: &crate::settings::RateLimits,
+) -> anyhow::Result<Option<Arc<keel_limits::Limiter>>> {
+    if !limits.enabled() {
+        return Ok(None);
+    }
+    keel_limits::metrics::describe();
+    let store = match &limits.redis_url {
+        None => keel_limits::Store::memory(),
+        Some(url) => {
+            let redis = Arc::new(
+                keel_limits::redis_store::RedisStore::new(&url.0, limits.redis_timeout)
+                    .map_err(|_| anyhow::anyhow!("REDIS_URL is not a valid Redis URL"))?,
+            );
+            tokio::spawn(redis.clone().probe_forever(Duration::from_millis(500)));
+            keel_limits::Store::Redis(redis)
+        }
+    };
+    tracing::info!(
+        target: "keel::limits",
+        store = if limits.redis_url.is_some() { "redis" } else { "memory" },
+        failure = limits.failure.as_str(),
+        "per-key limits on"
+    );
+    Ok(Some(Arc::new(keel_limits::Limiter::new(
+        limits.defaults,
+        store,
+        limits.failure,
+    ))))
 }

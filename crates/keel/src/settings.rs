@@ -91,6 +91,36 @@ pub const SETTINGS: &[(&str, &str, &str)] = &[
         "error, warn, info, debug, trace, or a tracing filter",
     ),
     (
+        "RATE_LIMIT_RPM",
+        "",
+        "requests per minute per API key (all clients together without keys); unset: unlimited",
+    ),
+    (
+        "RATE_LIMIT_TPM",
+        "",
+        "input and output tokens per minute per API key; unset: unlimited",
+    ),
+    (
+        "BUDGET_USD_PER_DAY",
+        "",
+        "upstream spend per API key per day, in US dollars (needs [gateway.prices]); unset: unlimited",
+    ),
+    (
+        "REDIS_URL",
+        "",
+        "share the per-key limits across replicas through this Redis (redis://[:password@]host:port)",
+    ),
+    (
+        "RATE_LIMIT_FAILURE",
+        "open",
+        "when Redis cannot be reached: open (serve unlimited) or closed (503, and /ready 503)",
+    ),
+    (
+        "REDIS_TIMEOUT_MS",
+        "100",
+        "longest wait for Redis on a request before the failure policy applies",
+    ),
+    (
         "KEEL_FAIL_FAST",
         "false",
         "exit (status 1) when a model fails to load, instead of reporting it on /ready",
@@ -145,12 +175,41 @@ pub struct Settings {
     pub fail_fast: bool,
     pub otlp_endpoint: Option<String>,
     pub api_keys: keel_http::auth::ApiKeys,
+    pub rate_limits: RateLimits,
     pub max_connections: usize,
     pub header_read_timeout: Duration,
     pub body_read_timeout: Duration,
     pub tls: Option<Tls>,
     pub shutdown_grace: Duration,
     pub shutdown_timeout: Duration,
+}
+
+/// A value that must never be printed: Debug shows only that it is set.
+#[derive(Clone)]
+pub struct Secret(pub String);
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(..)")
+    }
+}
+
+/// Per-key limits: the defaults for every key (overridable per key in KEEL_API_KEYS_FILE)
+/// and where the meters live.
+#[derive(Debug, Clone)]
+pub struct RateLimits {
+    pub defaults: keel_limits::KeyLimits,
+    /// Whether any key has a limit of its own.
+    pub per_key: bool,
+    pub redis_url: Option<Secret>,
+    pub failure: keel_limits::FailurePolicy,
+    pub redis_timeout: Duration,
+}
+
+impl RateLimits {
+    pub fn enabled(&self) -> bool {
+        self.per_key || !self.defaults.is_unlimited()
+    }
 }
 
 /// A setting with a value Keel cannot use.
@@ -374,14 +433,14 @@ fn models(env: &Env, config: Option<(&Path, &str)>) -> Result<Vec<ModelSource>, 
 }
 
 fn api_keys(env: &Env) -> Result<keel_http::auth::ApiKeys, SettingError> {
-    use keel_http::auth::{hash_key, parse_hash, ApiKeys};
-    let mut hashes: Vec<[u8; 32]> = env
+    use keel_http::auth::{hash_key, ApiKeys, KeyEntry};
+    let mut entries: Vec<KeyEntry> = env
         .get("KEEL_API_KEYS")
         .unwrap_or_default()
         .split(',')
         .map(str::trim)
         .filter(|k| !k.is_empty())
-        .map(hash_key)
+        .map(|k| KeyEntry::new(hash_key(k), keel_limits::KeyLimits::default()))
         .collect();
     if let Some(path) = env.get("KEEL_API_KEYS_FILE") {
         let text = std::fs::read_to_string(path)
@@ -390,21 +449,114 @@ fn api_keys(env: &Env) -> Result<keel_http::auth::ApiKeys, SettingError> {
             if line.is_empty() || line.starts_with('#') {
                 continue;
             }
-            // A line may name its key after the hash: "HASH  name".
-            let hash = line.split_whitespace().next().unwrap_or_default();
-            hashes.push(parse_hash(hash).ok_or_else(|| {
+            entries.push(key_file_line(line).ok_or_else(|| {
                 env.error(
                     "KEEL_API_KEYS_FILE",
-                    "lines of 64 hex digits (SHA-256 of a key), optionally followed by a name",
+                    "lines of 64 hex digits (SHA-256 of a key), then optionally a name and \
+                     rpm=N, tpm=N, budget_usd=X",
                 )
             })?);
         }
     }
     // Never echo keys back: the error names the variable, not its value.
     Ok(ApiKeys::new(
-        hashes,
+        entries,
         env.flag("METRICS_REQUIRE_KEY", false)?,
     ))
+}
+
+/// "HASH [name] [rpm=N] [tpm=N] [budget_usd=X]": a key and the limits of its own.
+fn key_file_line(line: &str) -> Option<keel_http::auth::KeyEntry> {
+    let mut words = line.split_whitespace();
+    let hash = keel_http::auth::parse_hash(words.next()?)?;
+    let mut limits = keel_limits::KeyLimits::default();
+    for word in words {
+        match word.split_once('=') {
+            None => continue, // the key's name, for people reading the file
+            Some(("rpm", n)) => {
+                limits.requests_per_minute = Some(n.parse().ok().filter(|n| *n > 0)?)
+            }
+            Some(("tpm", n)) => limits.tokens_per_minute = Some(n.parse().ok().filter(|n| *n > 0)?),
+            Some(("budget_usd", x)) => {
+                limits.budget_usd_per_day =
+                    Some(x.parse().ok().filter(|x: &f64| x.is_finite() && *x > 0.0)?)
+            }
+            Some(_) => return None,
+        }
+    }
+    Some(keel_http::auth::KeyEntry::new(hash, limits))
+}
+
+fn rate_limits(env: &Env, keys: &keel_http::auth::ApiKeys) -> Result<RateLimits, SettingError> {
+    let positive = |name: &'static str| -> Result<Option<u64>, SettingError> {
+        match env.get(name) {
+            None => Ok(None),
+            Some(v) => v
+                .parse::<u64>()
+                .ok()
+                .filter(|n| (1..=1_000_000_000).contains(n))
+                .map(Some)
+                .ok_or_else(|| env.error(name, "an integer from 1 to 1000000000, or unset")),
+        }
+    };
+    let budget = match env.get("BUDGET_USD_PER_DAY") {
+        None => None,
+        Some(v) => Some(
+            v.parse::<f64>()
+                .ok()
+                .filter(|x| x.is_finite() && *x > 0.0 && *x <= 1e9)
+                .ok_or_else(|| {
+                    env.error(
+                        "BUDGET_USD_PER_DAY",
+                        "a positive number of US dollars, or unset",
+                    )
+                })?,
+        ),
+    };
+    let redis_url = match env.get("REDIS_URL") {
+        None => None,
+        Some(url)
+            if url.starts_with("redis://")
+                || url.starts_with("rediss://")
+                || url.starts_with("unix://") =>
+        {
+            if keel_limits::redis_store::RedisStore::new(url, Duration::from_millis(100)).is_err() {
+                // The message never repeats the URL: it may hold a password.
+                return Err(SettingError {
+                    variable: "REDIS_URL",
+                    value: "(hidden)".into(),
+                    accepted: "a valid redis:// URL".into(),
+                });
+            }
+            Some(Secret(url.to_string()))
+        }
+        Some(_) => {
+            return Err(SettingError {
+                variable: "REDIS_URL",
+                value: "(hidden)".into(),
+                accepted: "a redis://, rediss:// or unix:// URL".into(),
+            })
+        }
+    };
+    Ok(RateLimits {
+        defaults: keel_limits::KeyLimits {
+            requests_per_minute: positive("RATE_LIMIT_RPM")?.map(|n| n as u32),
+            tokens_per_minute: positive("RATE_LIMIT_TPM")?,
+            budget_usd_per_day: budget,
+        },
+        per_key: keys.has_own_limits(),
+        redis_url,
+        failure: match env
+            .get("RATE_LIMIT_FAILURE")
+            .map(str::to_ascii_lowercase)
+            .as_deref()
+        {
+            None | Some("open") => keel_limits::FailurePolicy::Open,
+            Some("closed") => keel_limits::FailurePolicy::Closed,
+            Some(_) => return Err(env.error("RATE_LIMIT_FAILURE", "open or closed")),
+        },
+        redis_timeout: Duration::from_millis(env.count("REDIS_TIMEOUT_MS", 100, 60_000)? as u64),
+    })
 }
 
 fn tls(env: &Env) -> Result<Option<Tls>, SettingError> {
@@ -488,6 +640,7 @@ impl Settings {
             Some("int8") => keel_backend_ort::Precision::Int8,
             Some(_) => return Err(env.error("ORT_PRECISION", "fp32 or int8")),
         };
+        let api_keys = api_keys(&env)?;
         Ok(Self {
             backend,
             ort_dylib_path: PathBuf::from(
@@ -555,7 +708,8 @@ impl Settings {
                     )
                 }
             },
-            api_keys: api_keys(&env)?,
+            rate_limits: rate_limits(&env, &api_keys)?,
+            api_keys,
             max_connections: env.count("MAX_CONNECTIONS", 1024, 1_000_000)?,
             header_read_timeout: Duration::from_millis(env.count(
                 "HEADER_READ_TIMEOUT_MS",
@@ -610,6 +764,16 @@ impl Settings {
             // The URL may carry credentials; say only whether export is on.
             "otlp_export": self.otlp_endpoint.is_some(),
             "api_keys": self.api_keys.len(),
+            "rate_limit_rpm": self.rate_limits.defaults.requests_per_minute,
+            "rate_limit_tpm": self.rate_limits.defaults.tokens_per_minute,
+            "budget_usd_per_day": self.rate_limits.defaults.budget_usd_per_day,
+            // The URL may hold a password; say only where the meters live.
+            "rate_limit_store": match (self.rate_limits.enabled(), &self.rate_limits.redis_url) {
+                (false, _) => "off",
+                (true, None) => "memory",
+                (true, Some(_)) => "redis",
+            },
+            "rate_limit_failure": self.rate_limits.failure.as_str(),
             "max_connections": self.max_connections,
             "header_read_timeout_ms": self.header_read_timeout.as_millis() as u64,
             "body_read_timeout_ms": self.body_read_timeout.as_millis() as u64,

@@ -7,7 +7,7 @@ use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::IntoResponse;
 use axum::routing::post;
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use base64::Engine as _;
 use keel_engine::Task;
 use serde::{Deserialize, Serialize};
@@ -17,6 +17,7 @@ use super::{check_input_count, deadline, TextOrTexts};
 use crate::error::ApiError;
 use crate::json::JsonBody;
 use crate::middleware::inference_headers;
+use crate::rate_limit::Charge;
 use crate::AppState;
 
 pub fn routes() -> Router<AppState> {
@@ -75,6 +76,7 @@ fn texts(input: Value) -> Result<Vec<String>, ApiError> {
 async fn embeddings(
     State(state): State<AppState>,
     headers: HeaderMap,
+    charge: Option<Extension<Charge>>,
     JsonBody(request): JsonBody<EmbeddingsRequest>,
 ) -> Result<impl IntoResponse, ApiError> {
     let deadline = deadline(&headers, &state.limits)?;
@@ -93,6 +95,9 @@ async fn embeddings(
     }
     let format = request.encoding_format.unwrap_or_default();
     let inference = model.embed(texts, deadline).await?;
+    if let Some(Extension(charge)) = &charge {
+        charge.usage(inference.tokens.iter().map(|&t| t as u64).sum(), None);
+    }
     let prompt_tokens = inference.tokens.iter().sum();
     let headers = inference_headers(&inference);
     let data = inference

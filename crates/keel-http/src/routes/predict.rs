@@ -17,6 +17,7 @@ use super::{check_input_count, deadline, TextOrTexts};
 use crate::error::ApiError;
 use crate::json::{check_json_content_type, parse_json, read_body};
 use crate::middleware::inference_headers;
+use crate::rate_limit::Charge;
 use crate::AppState;
 
 pub fn routes() -> Router<AppState> {
@@ -50,6 +51,7 @@ async fn predict(
     request: Request,
 ) -> Result<impl IntoResponse, ApiError> {
     let deadline = deadline(request.headers(), &state.limits)?;
+    let charge = request.extensions().get::<Charge>().cloned();
     let Query(query) = query.map_err(|e| ApiError::invalid(e.body_text()))?;
     let request = if query.text.is_some() {
         // The guide's form: everything in the query string, body ignored.
@@ -87,6 +89,9 @@ async fn predict(
         .registry
         .get(request.model.as_deref(), Task::Classification)?;
     let inference = model.classify(texts, deadline).await?;
+    if let Some(charge) = &charge {
+        charge.usage(inference.tokens.iter().map(|&t| t as u64).sum(), None);
+    }
     let labels = &model.spec.labels;
     let answers: Vec<Value> = inference
         .outputs
