@@ -35,7 +35,7 @@ pub enum ProviderKind {
     Anthropic,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ProviderConfig {
     pub name: String,
     pub kind: ProviderKind,
@@ -48,6 +48,21 @@ pub struct ProviderConfig {
     pub queue_timeout: Duration,
     /// Ask OpenAI-shaped upstreams for usage in streams (`stream_options.include_usage`).
     pub stream_usage: bool,
+}
+
+// By hand, so that no `{:?}` (a log line, a panic message) can print the key.
+impl std::fmt::Debug for ProviderConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProviderConfig")
+            .field("name", &self.name)
+            .field("kind", &self.kind)
+            .field("base_url", &self.base_url)
+            .field("api_key", &self.api_key.as_ref().map(|_| "(set)"))
+            .field("max_concurrency", &self.max_concurrency)
+            .field("queue_timeout", &self.queue_timeout)
+            .field("stream_usage", &self.stream_usage)
+            .finish()
+    }
 }
 
 /// One step of a route: a provider and the model name to ask it for.

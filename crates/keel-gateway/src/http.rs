@@ -116,6 +116,14 @@ fn parse(
             )
         }
     })?;
+    use keel_limits::input::{json_too_deep, MAX_JSON_DEPTH};
+    if json_too_deep(&body, MAX_JSON_DEPTH) {
+        return Err(GatewayApiError::new(
+            StatusCode::BAD_REQUEST,
+            "json_too_deep",
+            format!("the body nests arrays and objects deeper than {MAX_JSON_DEPTH} levels"),
+        ));
+    }
     let value: serde_json::Value = serde_json::from_slice(&body).map_err(|e| {
         GatewayApiError::new(
             StatusCode::BAD_REQUEST,

@@ -61,6 +61,14 @@ pub fn check_json_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
 }
 
 pub fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    use keel_limits::input::{json_too_deep, MAX_JSON_DEPTH};
+    if json_too_deep(body, MAX_JSON_DEPTH) {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "json_too_deep",
+            format!("the body nests arrays and objects deeper than {MAX_JSON_DEPTH} levels"),
+        ));
+    }
     serde_json::from_slice(body).map_err(|e| {
         use serde_json::error::Category;
         match e.classify() {
@@ -104,6 +112,9 @@ mod tests {
         assert_eq!(parse_json::<Body>(b"{\"text\":1}").unwrap_err().status, 422);
         assert_eq!(parse_json::<Body>(b"{}").unwrap_err().status, 422);
         assert!(parse_json::<Body>(b"{\"text\":\"ok\"}").is_ok());
+        let deep = format!("{}{}", "[".repeat(65), "]".repeat(65));
+        let e = parse_json::<Body>(deep.as_bytes()).unwrap_err();
+        assert_eq!((e.status.as_u16(), e.code), (400, "json_too_deep"));
     }
 
     #[test]

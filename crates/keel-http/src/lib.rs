@@ -51,6 +51,55 @@ pub struct AppState {
     pub api_keys: auth::ApiKeys,
     /// Per-key limits; None: unlimited.
     pub limiter: Option<Arc<keel_limits::Limiter>>,
+    /// Which browser origins may call the API.
+    pub cors: Cors,
+}
+
+/// Cross-origin access for browsers: off unless configured (`CORS_ALLOW_ORIGINS`).
+#[derive(Debug, Clone, Default)]
+pub enum Cors {
+    #[default]
+    Off,
+    AnyOrigin,
+    Origins(Vec<axum::http::HeaderValue>),
+}
+
+impl Cors {
+    /// The layer answering preflights and adding the `access-control-*` headers; it sits
+    /// outside the API-key check, since browsers send preflights without credentials.
+    fn layer(&self) -> Option<tower_http::cors::CorsLayer> {
+        use axum::http::{header, HeaderName, Method};
+        use tower_http::cors::{AllowOrigin, CorsLayer};
+        let origins = match self {
+            Cors::Off => return None,
+            Cors::AnyOrigin => AllowOrigin::any(),
+            Cors::Origins(list) => AllowOrigin::list(list.clone()),
+        };
+        let exposed = [
+            "x-request-id",
+            "retry-after",
+            "x-ratelimit-limit-requests",
+            "x-ratelimit-remaining-requests",
+            "x-ratelimit-reset-requests",
+            "x-ratelimit-limit-tokens",
+            "x-ratelimit-remaining-tokens",
+            "x-ratelimit-reset-tokens",
+        ];
+        Some(
+            CorsLayer::new()
+                .allow_origin(origins)
+                .allow_methods([Method::GET, Method::POST])
+                .allow_headers([
+                    header::AUTHORIZATION,
+                    header::CONTENT_TYPE,
+                    HeaderName::from_static("x-api-key"),
+                    HeaderName::from_static("x-request-id"),
+                    HeaderName::from_static("x-request-timeout-ms"),
+                ])
+                .expose_headers(exposed.map(HeaderName::from_static))
+                .max_age(std::time::Duration::from_secs(600)),
+        )
+    }
 }
 
 pub fn router(state: AppState) -> Router {
@@ -59,6 +108,7 @@ pub fn router(state: AppState) -> Router {
     let gateway = state.gateway.clone();
     let api_keys = state.api_keys.clone();
     let limiter = state.limiter.clone();
+    let cors = state.cors.layer();
     let local = Router::new()
         .merge(routes::health::routes())
         .merge(routes::predict::routes())
@@ -83,6 +133,7 @@ pub fn router(state: AppState) -> Router {
         .layer(RequestBodyTimeoutLayer::new(body_timeout))
         .layer(from_fn_with_state(limiter, rate_limit::enforce))
         .layer(from_fn_with_state(api_keys, auth::require_key))
+        .layer(tower::util::option_layer(cors))
         .layer(from_fn(middleware::observe))
 }
 

@@ -1,4 +1,5 @@
-//! Per-API-key limits: requests per minute, tokens per minute and upstream spend per day.
+//! Per-API-key limits: requests per minute, tokens per minute and upstream spend per day
+//! (and, in [`input`], limits on the shape of a request body).
 //!
 //! Every meter is a GCRA ([`gcra`]). Requests are checked and charged on arrival; tokens and
 //! spend are known only when the work is done, so arrival checks that the key still has room
@@ -8,6 +9,7 @@
 //! [`Limiter::store_report`] feeds `/ready`.
 
 pub mod gcra;
+pub mod input;
 pub mod metrics;
 pub mod redis_store;
 

@@ -82,6 +82,7 @@ async fn serve(settings: Settings, metrics: PrometheusHandle) -> anyhow::Result<
         metrics_on_main_port: settings.metrics_port.is_none(),
         api_keys: settings.api_keys.clone(),
         limiter,
+        cors: settings.cors.clone(),
         gateway: Some(Arc::new(
             keel_gateway::Gateway::new(settings.gateway.clone())
                 .map_err(|e| anyhow::anyhow!("starting the gateway: {e}"))?,

@@ -121,6 +121,11 @@ pub const SETTINGS: &[(&str, &str, &str)] = &[
         "longest wait for Redis on a request before the failure policy applies",
     ),
     (
+        "CORS_ALLOW_ORIGINS",
+        "",
+        "browser origins allowed to call the API: * or comma-separated http(s)://host[:port]; unset: none",
+    ),
+    (
         "KEEL_FAIL_FAST",
         "false",
         "exit (status 1) when a model fails to load, instead of reporting it on /ready",
@@ -176,6 +181,7 @@ pub struct Settings {
     pub otlp_endpoint: Option<String>,
     pub api_keys: keel_http::auth::ApiKeys,
     pub rate_limits: RateLimits,
+    pub cors: keel_http::Cors,
     pub max_connections: usize,
     pub header_read_timeout: Duration,
     pub body_read_timeout: Duration,
@@ -559,6 +565,34 @@ fn rate_limits(env: &Env, keys: &keel_http::auth::ApiKeys) -> Result<RateLimits,
     })
 }
 
+fn cors(env: &Env) -> Result<keel_http::Cors, SettingError> {
+    let Some(value) = env.get("CORS_ALLOW_ORIGINS") else {
+        return Ok(keel_http::Cors::Off);
+    };
+    if value == "*" {
+        return Ok(keel_http::Cors::AnyOrigin);
+    }
+    let accepted = "* or comma-separated origins such as https://app.example.com";
+    value
+        .split(',')
+        .map(str::trim)
+        .map(|origin| {
+            // An origin is a scheme and a host, with no path: what browsers send.
+            let host = origin
+                .strip_prefix("https://")
+                .or_else(|| origin.strip_prefix("http://"));
+            match host {
+                Some(h) if !h.is_empty() && !h.contains('/') => {
+                    axum::http::HeaderValue::from_str(origin)
+                        .map_err(|_| env.error("CORS_ALLOW_ORIGINS", accepted))
+                }
+                _ => Err(env.error("CORS_ALLOW_ORIGINS", accepted)),
+            }
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map(keel_http::Cors::Origins)
+}
+
 fn tls(env: &Env) -> Result<Option<Tls>, SettingError> {
     match (env.get("TLS_CERT_PATH"), env.get("TLS_KEY_PATH")) {
         (None, None) => Ok(None),
@@ -709,6 +743,7 @@ impl Settings {
                 }
             },
             rate_limits: rate_limits(&env, &api_keys)?,
+            cors: cors(&env)?,
             api_keys,
             max_connections: env.count("MAX_CONNECTIONS", 1024, 1_000_000)?,
             header_read_timeout: Duration::from_millis(env.count(
@@ -774,6 +809,11 @@ impl Settings {
                 (true, Some(_)) => "redis",
             },
             "rate_limit_failure": self.rate_limits.failure.as_str(),
+            "cors_allow_origins": match &self.cors {
+                keel_http::Cors::Off => json!(null),
+                keel_http::Cors::AnyOrigin => json!("*"),
+                keel_http::Cors::Origins(list) => json!(list.iter().map(|v| v.to_str().unwrap_or_default()).collect::<Vec<_>>()),
+            },
             "max_connections": self.max_connections,
             "header_read_timeout_ms": self.header_read_timeout.as_millis() as u64,
             "body_read_timeout_ms": self.body_read_timeout.as_millis() as u64,
@@ -811,6 +851,27 @@ mod tests {
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
         Settings::from_vars(&vars, false)
+    }
+
+    #[test]
+    fn no_debug_print_or_public_view_shows_a_secret() {
+        let s = settings(&[
+            ("KEEL_API_KEYS", "sk-client-secret"),
+            ("OPENAI_API_KEY", "sk-openai-secret"),
+            ("ANTHROPIC_API_KEY", "sk-ant-secret"),
+            ("REDIS_URL", "redis://:redis-secret@127.0.0.1:6379"),
+            ("RATE_LIMIT_RPM", "10"),
+        ])
+        .unwrap();
+        let shown = format!("{s:?} {:#?} {}", s, s.public_view());
+        for secret in [
+            "sk-client-secret",
+            "sk-openai-secret",
+            "sk-ant-secret",
+            "redis-secret",
+        ] {
+            assert!(!shown.contains(secret), "{secret} leaked");
+        }
     }
 
     #[test]
