@@ -1,16 +1,64 @@
 //! `GET /openapi.json`: the API described for clients and for schema-driven tests.
 //!
-//! Written by hand beside the handlers it describes; the integration tests compare real
-//! responses with it.
+//! Written by hand beside the handlers it describes, and filled in from the running server
+//! (its model names, dimensions and limits), so that a request the document calls valid is one
+//! the server accepts. schemathesis checks exactly that in the tests, along with every answer
+//! against the documented statuses and schemas.
 
+use axum::extract::State;
 use axum::routing::get;
 use axum::{Json, Router};
+use keel_engine::Task;
 use serde_json::{json, Value};
 
 use crate::AppState;
 
 pub fn routes() -> Router<AppState> {
-    Router::new().route("/openapi.json", get(|| async { Json(document()) }))
+    Router::new().route(
+        "/openapi.json",
+        get(|State(state): State<AppState>| async move { Json(document(&state)) }),
+    )
+}
+
+/// A string with at least one character that is not Unicode White_Space (what Rust's
+/// `trim` removes): Keel refuses blank inputs.
+const NOT_BLANK: &str =
+    "[^\\u0009-\\u000d\\u0020\\u0085\\u00a0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000]";
+
+/// What the running server serves, for the document's enums and bounds.
+struct Served {
+    classifiers: Vec<String>,
+    embedders: Vec<String>,
+    dimensions: Vec<usize>,
+    max_inputs: usize,
+    keys: bool,
+    limited: bool,
+}
+
+impl Served {
+    fn of(state: &AppState) -> Self {
+        let mut served = Served {
+            classifiers: Vec::new(),
+            embedders: Vec::new(),
+            dimensions: Vec::new(),
+            max_inputs: state.limits.max_client_batch,
+            keys: !state.api_keys.is_empty(),
+            limited: state.limiter.is_some(),
+        };
+        for m in state.registry.summaries() {
+            match m.task {
+                Some(Task::Classification) => served.classifiers.push(m.name),
+                Some(Task::Embedding) => {
+                    served.embedders.push(m.name);
+                    served.dimensions.extend(m.dimensions);
+                }
+                _ => {}
+            }
+        }
+        served.dimensions.sort_unstable();
+        served.dimensions.dedup();
+        served
+    }
 }
 
 fn error_responses(codes: &[&str]) -> Value {
@@ -30,8 +78,47 @@ fn responses(ok: Value, errors: &[&str]) -> Value {
     all
 }
 
-pub fn document() -> Value {
-    let body_errors = ["400", "413", "415", "422", "429", "503"];
+/// One of `values`, or null (OpenAPI 3.0 wants the null among the enum's values too).
+fn nullable_enum<T: serde::Serialize>(values: &[T]) -> Value {
+    let mut values: Vec<Value> = values.iter().map(|v| json!(v)).collect();
+    let kind = match values.first() {
+        Some(Value::Number(_)) => "integer",
+        _ => "string",
+    };
+    values.push(Value::Null);
+    json!({"type": kind, "enum": values, "nullable": true})
+}
+
+pub fn document(state: &AppState) -> Value {
+    let served = Served::of(state);
+    let mut body_errors = vec!["400", "408", "413", "415", "422", "429", "503", "504"];
+    let mut get_errors = vec![];
+    if served.keys {
+        body_errors.push("401");
+        get_errors.push("401");
+    }
+    if served.limited {
+        get_errors.extend(["429", "503"]);
+    }
+    let text = json!({"type": "string", "pattern": NOT_BLANK});
+    let mut doc = body(&served, text, &body_errors, &get_errors);
+    if served.keys {
+        // Every path but the probes needs a key, as a bearer token or in x-api-key.
+        doc["components"]["securitySchemes"] = json!({
+            "bearer": {"type": "http", "scheme": "bearer"},
+            "apiKey": {"type": "apiKey", "in": "header", "name": "x-api-key"}
+        });
+        doc["security"] = json!([{"bearer": []}, {"apiKey": []}]);
+        for probe in ["/health", "/ready"] {
+            doc["paths"][probe]["get"]["security"] = json!([]);
+        }
+    }
+    doc
+}
+
+fn body(served: &Served, text: Value, body_errors: &[&str], get_errors: &[&str]) -> Value {
+    let texts =
+        json!({"type": "array", "minItems": 1, "maxItems": served.max_inputs, "items": text});
     json!({
         "openapi": "3.0.3",
         "info": {"title": "Keel", "version": env!("CARGO_PKG_VERSION"),
@@ -45,26 +132,22 @@ pub fn document() -> Value {
                 }}},
             "/predict": {"post": {
                 "summary": "Text classification",
-                "parameters": [
-                    {"name": "text", "in": "query", "required": false, "schema": {"type": "string"}},
-                    {"name": "model", "in": "query", "required": false, "schema": {"type": "string"}},
-                    {"name": "top_k", "in": "query", "required": false, "schema": {"type": "integer", "minimum": 1}}
-                ],
-                "requestBody": {"required": false, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/PredictRequest"}}}},
+                "description": "Also accepts the text in the query string instead of a body: POST /predict?text=...&model=...&top_k=...",
+                "requestBody": {"required": true, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/PredictRequest"}}}},
                 "responses": responses(json!({"oneOf": [
                     {"$ref": "#/components/schemas/LabelScore"},
                     {"type": "array", "items": {"$ref": "#/components/schemas/LabelScore"}},
                     {"type": "array", "items": {"type": "array", "items": {"$ref": "#/components/schemas/LabelScore"}}}
-                ]}), &body_errors)
+                ]}), body_errors)
             }},
             "/v1/embeddings": {"post": {
                 "summary": "Embeddings (OpenAI-compatible)",
                 "requestBody": {"required": true, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/EmbeddingsRequest"}}}},
-                "responses": responses(json!({"$ref": "#/components/schemas/EmbeddingsResponse"}), &body_errors)
+                "responses": responses(json!({"$ref": "#/components/schemas/EmbeddingsResponse"}), body_errors)
             }},
-            "/v1/models": {"get": {"summary": "Served models (OpenAI-compatible)", "responses": responses(json!({"$ref": "#/components/schemas/ModelList"}), &[])}},
-            "/info": {"get": {"summary": "Models, tasks, limits, version and settings", "responses": responses(json!({"type": "object"}), &[])}},
-            "/openapi.json": {"get": {"summary": "This document", "responses": responses(json!({"type": "object"}), &[])}}
+            "/v1/models": {"get": {"summary": "Served models (OpenAI-compatible)", "responses": responses(json!({"$ref": "#/components/schemas/ModelList"}), get_errors)}},
+            "/info": {"get": {"summary": "Models, tasks, limits, version and settings", "responses": responses(json!({"type": "object"}), get_errors)}},
+            "/openapi.json": {"get": {"summary": "This document", "responses": responses(json!({"type": "object"}), if served.keys { &["401"] } else { &[] })}}
         },
         "components": {"schemas": {
             "Error": {"type": "object", "required": ["error"], "properties": {"error": {
@@ -72,23 +155,26 @@ pub fn document() -> Value {
                 "properties": {"code": {"type": "string"}, "message": {"type": "string"}}}}},
             "Health": {"type": "object", "required": ["status"], "properties": {"status": {"type": "string", "enum": ["ok"]}}},
             "Readiness": {"type": "object", "required": ["status", "models"], "properties": {
-                "status": {"type": "string", "enum": ["ready", "loading", "failed", "draining"]},
+                "status": {"type": "string", "enum": ["ready", "loading", "failed", "draining", "rate_limit_store_unreachable"]},
+                "rate_limit_store": {"type": "string"},
                 "models": {"type": "object", "additionalProperties": {"type": "object", "required": ["state"], "properties": {
                     "state": {"type": "string", "enum": ["ready", "loading", "failed"]},
                     "reason": {"type": "string"}}}}}},
-            "PredictRequest": {"type": "object", "properties": {
-                "text": {"type": "string", "minLength": 1},
-                "inputs": {"oneOf": [{"type": "string", "minLength": 1}, {"type": "array", "minItems": 1, "items": {"type": "string", "minLength": 1}}]},
-                "model": {"type": "string"},
-                "top_k": {"type": "integer", "minimum": 1}}},
+            "PredictRequest": {"type": "object",
+                "oneOf": [{"required": ["text"]}, {"required": ["inputs"]}],
+                "properties": {
+                    "text": text,
+                    "inputs": {"oneOf": [text, texts]},
+                    "model": nullable_enum(&served.classifiers),
+                    "top_k": {"type": "integer", "minimum": 1, "maximum": u32::MAX, "nullable": true}}},
             "LabelScore": {"type": "object", "required": ["label", "score"], "properties": {
                 "label": {"type": "string"}, "score": {"type": "number", "minimum": 0, "maximum": 1}}},
             "EmbeddingsRequest": {"type": "object", "required": ["input"], "properties": {
-                "input": {"oneOf": [{"type": "string", "minLength": 1}, {"type": "array", "minItems": 1, "items": {"type": "string", "minLength": 1}}]},
-                "model": {"type": "string"},
-                "encoding_format": {"type": "string", "enum": ["float", "base64"]},
-                "dimensions": {"type": "integer", "minimum": 1},
-                "user": {"type": "string"}}},
+                "input": {"oneOf": [text, texts]},
+                "model": nullable_enum(&served.embedders),
+                "encoding_format": nullable_enum(&["float", "base64"]),
+                "dimensions": nullable_enum(&served.dimensions),
+                "user": {"type": "string", "nullable": true}}},
             "EmbeddingsResponse": {"type": "object", "required": ["object", "data", "model", "usage"], "properties": {
                 "object": {"type": "string", "enum": ["list"]},
                 "data": {"type": "array", "items": {"type": "object", "required": ["object", "embedding", "index"], "properties": {

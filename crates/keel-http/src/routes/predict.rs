@@ -20,6 +20,14 @@ use crate::middleware::inference_headers;
 use crate::rate_limit::Charge;
 use crate::AppState;
 
+fn present<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    T::deserialize(deserializer).map(Some)
+}
+
 pub fn routes() -> Router<AppState> {
     Router::new().route("/predict", post(predict))
 }
@@ -28,15 +36,19 @@ pub fn routes() -> Router<AppState> {
 struct PredictQuery {
     text: Option<String>,
     model: Option<String>,
-    top_k: Option<usize>,
+    top_k: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]
 struct PredictRequest {
+    // An explicit null is refused, not taken for "absent": {"text": null, "inputs": [..]}
+    // is a client bug worth a 422.
+    #[serde(default, deserialize_with = "present")]
     text: Option<String>,
+    #[serde(default, deserialize_with = "present")]
     inputs: Option<TextOrTexts>,
     model: Option<String>,
-    top_k: Option<usize>,
+    top_k: Option<u32>,
 }
 
 #[derive(Debug, Serialize)]
@@ -107,7 +119,7 @@ async fn predict(
                 .collect();
             ranked.sort_by(|a, b| b.score.total_cmp(&a.score));
             match request.top_k {
-                Some(k) => serde_json::to_value(&ranked[..k.min(ranked.len())]),
+                Some(k) => serde_json::to_value(&ranked[..(k as usize).min(ranked.len())]),
                 None => serde_json::to_value(&ranked[0]),
             }
             .expect("label scores serialize")
