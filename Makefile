@@ -18,6 +18,7 @@ bench: models release
 	$(CARGO) run --release -q --example bench -p keel-backend-ort -- 5 bench/backend.json
 	python3 bench/scale.py
 	bash bench/gateway/run.sh | tee bench/gateway-overhead.txt
+	python3 bench/overload.py
 	python3 bench/run.py --variant keel-ort-fp32: --variant keel-ort-int8:ORT_PRECISION=int8 --variant keel-candle:BACKEND=candle $(BENCH_ARGS)
 
 test-deps:
@@ -31,7 +32,7 @@ release:
 	$(CARGO) build --release --bin keel
 
 build:
-	$(CARGO) build --bin keel
+	$(CARGO) build --bin keel --bin keel-loadgen
 
 lint:
 	$(CARGO) fmt --all -- --check

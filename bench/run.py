@@ -59,7 +59,7 @@ KEEL_SETTINGS = {
     "MAX_BODY_BYTES", "MAX_INPUT_TOKENS", "TRUNCATE", "MAX_QUEUE_REQUESTS", "INFERENCE_THREADS",
     "LOG_FORMAT", "LOG_LEVEL", "KEEL_FAIL_FAST", "BACKEND",
 }
-KEEL_PREFIXES = ("KEEL_", "ORT_")
+KEEL_PREFIXES = ("KEEL_", "ORT_", "MAX_", "RATE_LIMIT_", "REDIS_", "BUDGET_")
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 SMOKE_SECONDS = 10  # runs with shorter points are labelled smoke runs, not benchmarks

@@ -22,6 +22,11 @@ pub enum EngineError {
     InputTooLong { index: usize, max: usize },
     #[error("the inference queue of model '{0}' is full")]
     QueueFull(String),
+    #[error(
+        "model '{model}' is overloaded: a new request would wait about {wait_ms} ms, more than \
+         MAX_QUEUE_WAIT_MS allows"
+    )]
+    QueueTooSlow { model: String, wait_ms: u64 },
     #[error("tokenization failed: {0}")]
     Tokenization(String),
     #[error("inference failed: {0}")]

@@ -37,6 +37,8 @@ pub struct EngineOptions {
     pub max_batch_delay: Duration,
     pub max_queue_requests: usize,
     pub max_queue_tokens: usize,
+    /// Refuse a request at once when its predicted queue wait is longer (None: no bound).
+    pub max_queue_wait: Option<Duration>,
     /// Lower cap on the model's own maximum input length, if set.
     pub max_input_tokens: Option<usize>,
     pub truncate: bool,
@@ -309,6 +311,7 @@ fn load(
         backend,
         options.max_queue_requests,
         options.max_queue_tokens,
+        options.max_queue_wait,
     );
     Ok(LoadedModel {
         name: name.to_string(),
@@ -471,6 +474,10 @@ impl LoadedModel {
             .try_push(job)
             .map_err(|e| match e {
                 Admission::Full => EngineError::QueueFull(self.name.clone()),
+                Admission::TooSlow(wait) => EngineError::QueueTooSlow {
+                    model: self.name.clone(),
+                    wait_ms: wait.as_millis() as u64,
+                },
                 Admission::Stopped => EngineError::WorkerStopped(self.name.clone()),
             })
             .inspect_err(|e| self.reject(e))?;
@@ -499,6 +506,7 @@ impl LoadedModel {
     fn reject(&self, error: &EngineError) {
         let reason = match error {
             EngineError::QueueFull(_) => "queue_full",
+            EngineError::QueueTooSlow { .. } => "queue_wait",
             EngineError::EmptyInput { .. } => "empty_input",
             EngineError::InputTooLong { .. } => "input_too_long",
             EngineError::Tokenization(_) => "tokenization",

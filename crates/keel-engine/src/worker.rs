@@ -8,7 +8,7 @@
 //! `max_batch_tokens` padded tokens. A request's inputs may span batches; it is answered as
 //! soon as its last input is done. Inference never runs on the async runtime's threads.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -55,17 +55,60 @@ pub struct WorkerConfig {
     pub pad_id: u32,
 }
 
-/// The sending side: admission control in requests (channel bound) and in tokens.
+/// The sending side: admission control in requests (channel bound), in tokens, and in the
+/// time a new request would wait.
 #[derive(Clone)]
 pub struct JobQueue {
     sender: Sender<Job>,
     queued_tokens: Arc<AtomicUsize>,
     max_queued_tokens: usize,
+    pace: Arc<Pace>,
+    max_wait: Option<Duration>,
 }
 
 pub enum Admission {
     Full,
+    /// The queue ahead would take longer than the wait bound to drain.
+    TooSlow(Duration),
     Stopped,
+}
+
+/// How fast the worker drains its queue: a moving average of compute seconds per real token,
+/// learned from the batches it runs (so it reflects the batch sizes the current load gives),
+/// and the tokens of the round running now, which a new request also waits for.
+#[derive(Default)]
+struct Pace {
+    seconds_per_token: AtomicU64,
+    running_tokens: AtomicUsize,
+}
+
+impl Pace {
+    fn seconds_per_token(&self) -> f64 {
+        f64::from_bits(self.seconds_per_token.load(Ordering::Relaxed))
+    }
+
+    fn observe(&self, tokens: usize, compute: Duration) {
+        if tokens == 0 {
+            return;
+        }
+        let sample = compute.as_secs_f64() / tokens as f64;
+        let old = self.seconds_per_token();
+        let new = if old == 0.0 {
+            sample
+        } else {
+            0.8 * old + 0.2 * sample
+        };
+        self.seconds_per_token
+            .store(new.to_bits(), Ordering::Relaxed);
+    }
+
+    /// The predicted wait of a request that finds `queued` tokens ahead of it (None until
+    /// the first batch has run).
+    fn wait(&self, queued: usize) -> Option<Duration> {
+        let spt = self.seconds_per_token();
+        let ahead = queued + self.running_tokens.load(Ordering::Relaxed);
+        (spt > 0.0).then(|| Duration::from_secs_f64(ahead as f64 * spt))
+    }
 }
 
 impl JobQueue {
@@ -78,6 +121,15 @@ impl JobQueue {
         if before > 0 && before + tokens > self.max_queued_tokens {
             self.queued_tokens.fetch_sub(tokens, Ordering::SeqCst);
             return Err(Admission::Full);
+        }
+        // Refusing now, when the wait is predicted too long, keeps the admitted requests'
+        // latency bounded under overload and tells the client at once (429 + Retry-After)
+        // rather than after the wait.
+        if let (Some(max), Some(wait)) = (self.max_wait, self.pace.wait(before)) {
+            if before > 0 && wait > max {
+                self.queued_tokens.fetch_sub(tokens, Ordering::SeqCst);
+                return Err(Admission::TooSlow(wait));
+            }
         }
         self.sender.try_send(job).map_err(|e| {
             self.queued_tokens.fetch_sub(tokens, Ordering::SeqCst);
@@ -99,18 +151,22 @@ pub fn spawn(
     backend: Box<dyn Backend>,
     max_queued_requests: usize,
     max_queued_tokens: usize,
+    max_wait: Option<Duration>,
 ) -> JobQueue {
     let (sender, receiver) = crossbeam_channel::bounded(max_queued_requests);
     let queued_tokens = Arc::new(AtomicUsize::new(0));
-    let counter = queued_tokens.clone();
+    let pace = Arc::new(Pace::default());
+    let (counter, worker_pace) = (queued_tokens.clone(), pace.clone());
     std::thread::Builder::new()
         .name(format!("keel-infer-{}", config.model))
-        .spawn(move || run(config, backend, receiver, counter))
+        .spawn(move || run(config, backend, receiver, counter, worker_pace))
         .expect("spawning an inference thread");
     JobQueue {
         sender,
         queued_tokens,
         max_queued_tokens,
+        pace,
+        max_wait,
     }
 }
 
@@ -119,17 +175,20 @@ fn run(
     backend: Box<dyn Backend>,
     receiver: Receiver<Job>,
     queued_tokens: Arc<AtomicUsize>,
+    pace: Arc<Pace>,
 ) {
     while let Ok(first) = receiver.recv() {
         let jobs = collect(&config, first, &receiver);
         let taken: usize = jobs.iter().map(|j| j.tokens).sum();
+        pace.running_tokens.store(taken, Ordering::Relaxed);
         queued_tokens.fetch_sub(taken, Ordering::SeqCst);
         metrics::gauge!(names::QUEUE_DEPTH, "model" => config.model.clone())
             .set(receiver.len() as f64);
         let jobs = drop_unanswerable(&config, jobs);
         if !jobs.is_empty() {
-            run_round(&config, backend.as_ref(), jobs);
+            run_round(&config, backend.as_ref(), jobs, &pace);
         }
+        pace.running_tokens.store(0, Ordering::Relaxed);
     }
 }
 
@@ -181,7 +240,7 @@ struct Pending {
     queue_wait: Duration,
 }
 
-fn run_round(config: &WorkerConfig, backend: &dyn Backend, jobs: Vec<Job>) {
+fn run_round(config: &WorkerConfig, backend: &dyn Backend, jobs: Vec<Job>, pace: &Pace) {
     let started = Instant::now();
     let mut pending: Vec<Pending> = jobs
         .iter()
@@ -230,6 +289,7 @@ fn run_round(config: &WorkerConfig, backend: &dyn Backend, jobs: Vec<Job>) {
         match result {
             Ok(vectors) => {
                 record_batch(config, &batch, compute);
+                pace.observe(batch.real_tokens(), compute);
                 for ((j, i), vector) in batch_items.iter().copied().zip(vectors) {
                     let p = &mut pending[j];
                     p.outputs[i] = Some(vector);
@@ -395,7 +455,7 @@ mod tests {
 
     #[tokio::test]
     async fn answers_in_input_order_across_batches() {
-        let queue = spawn(config(2, 10_000), Box::new(ShapeBackend), 8, 10_000);
+        let queue = spawn(config(2, 10_000), Box::new(ShapeBackend), 8, 10_000, None);
         let (job, rx) = job(&[30, 1, 20, 2, 10], Duration::from_secs(10));
         assert!(queue.try_push(job).is_ok());
         let out = rx.await.unwrap().unwrap();
@@ -407,7 +467,7 @@ mod tests {
 
     #[tokio::test]
     async fn expired_and_abandoned_requests_cost_no_compute() {
-        let queue = spawn(config(4, 10_000), Box::new(ShapeBackend), 8, 10_000);
+        let queue = spawn(config(4, 10_000), Box::new(ShapeBackend), 8, 10_000, None);
         let (expired, expired_rx) = job(&[3], Duration::ZERO);
         let (abandoned, abandoned_rx) = job(&[3], Duration::from_secs(10));
         drop(abandoned_rx);
@@ -427,6 +487,8 @@ mod tests {
             sender,
             queued_tokens: Arc::new(AtomicUsize::new(0)),
             max_queued_tokens: 10,
+            pace: Arc::new(Pace::default()),
+            max_wait: None,
         };
         assert!(queue.try_push(job(&[4], Duration::from_secs(1)).0).is_ok());
         assert!(matches!(
@@ -439,11 +501,38 @@ mod tests {
             sender,
             queued_tokens: Arc::new(AtomicUsize::new(0)),
             max_queued_tokens: 10,
+            pace: Arc::new(Pace::default()),
+            max_wait: None,
         };
         assert!(queue.try_push(job(&[8], Duration::from_secs(1)).0).is_ok());
         assert!(matches!(
             queue.try_push(job(&[8], Duration::from_secs(1)).0),
             Err(Admission::Full)
         ));
+    }
+
+    #[test]
+    fn a_queue_predicted_to_drain_too_slowly_refuses_at_once() {
+        // No worker drains this channel; the pace is what a worker would have learned:
+        // 1 ms per token.
+        let (sender, _receiver) = crossbeam_channel::bounded(100);
+        let pace = Arc::new(Pace::default());
+        pace.observe(10, Duration::from_millis(10));
+        let queue = JobQueue {
+            sender,
+            queued_tokens: Arc::new(AtomicUsize::new(0)),
+            max_queued_tokens: 100_000,
+            pace: pace.clone(),
+            max_wait: Some(Duration::from_millis(50)),
+        };
+        // Up to 40 tokens ahead (40 ms) a request is admitted; 50 + 20 running (70 ms) not.
+        for _ in 0..5 {
+            assert!(queue.try_push(job(&[10], Duration::from_secs(1)).0).is_ok());
+        }
+        pace.running_tokens.store(20, Ordering::Relaxed);
+        match queue.try_push(job(&[10], Duration::from_secs(1)).0) {
+            Err(Admission::TooSlow(wait)) => assert_eq!(wait.as_millis(), 70),
+            _ => panic!("a 70 ms wait exceeds the 50 ms bound"),
+        }
     }
 }

@@ -77,7 +77,7 @@ impl From<EngineError> for ApiError {
             EngineError::DeadlineExceeded => {
                 Self::new(S::GATEWAY_TIMEOUT, "deadline_exceeded", message)
             }
-            EngineError::QueueFull(_) => {
+            EngineError::QueueFull(_) | EngineError::QueueTooSlow { .. } => {
                 Self::new(S::TOO_MANY_REQUESTS, "queue_full", message).retry_after(1)
             }
             EngineError::Inference(_) | EngineError::WorkerStopped(_) => {

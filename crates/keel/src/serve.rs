@@ -60,6 +60,7 @@ async fn serve(settings: Settings, metrics: PrometheusHandle) -> anyhow::Result<
             max_batch_delay: settings.max_batch_delay,
             max_queue_requests: settings.max_queue_requests,
             max_queue_tokens: settings.max_queue_tokens,
+            max_queue_wait: settings.max_queue_wait,
             max_input_tokens: settings.max_input_tokens,
             truncate: settings.truncate,
         },

@@ -76,6 +76,11 @@ pub const SETTINGS: &[(&str, &str, &str)] = &[
         "requests waiting per model before 429",
     ),
     (
+        "MAX_QUEUE_WAIT_MS",
+        "500",
+        "refuse (429) a request whose predicted queue wait is longer; 0: no bound",
+    ),
+    (
         "INFERENCE_THREADS",
         "CPU count",
         "threads the inference backend uses",
@@ -132,6 +137,8 @@ pub const SETTINGS: &[(&str, &str, &str)] = &[
     ),
 ];
 
+const DEFAULT_MAX_QUEUE_WAIT_MS: u64 = 500;
+
 /// Served when no model is configured: what `make run` fetches.
 pub const DEFAULT_MODELS: &str =
     "all-MiniLM-L6-v2=models/all-MiniLM-L6-v2,sentiment-minilm-l6=models/sentiment-minilm-l6";
@@ -173,6 +180,7 @@ pub struct Settings {
     pub max_batch_tokens: usize,
     pub max_batch_delay: Duration,
     pub max_queue_tokens: usize,
+    pub max_queue_wait: Option<Duration>,
     pub request_timeout: Duration,
     pub inference_threads: usize,
     pub log_format: LogFormat,
@@ -722,6 +730,14 @@ impl Settings {
                 "a whole number of microseconds",
             )?),
             max_queue_tokens: env.count("MAX_QUEUE_TOKENS", 131_072, 1 << 30)?,
+            max_queue_wait: match env.parse(
+                "MAX_QUEUE_WAIT_MS",
+                DEFAULT_MAX_QUEUE_WAIT_MS,
+                "a whole number of milliseconds (0: no bound)",
+            )? {
+                0 => None,
+                ms => Some(Duration::from_millis(ms)),
+            },
             request_timeout: Duration::from_millis(env.count(
                 "REQUEST_TIMEOUT_MS",
                 30_000,
@@ -791,6 +807,7 @@ impl Settings {
             "max_batch_tokens": self.max_batch_tokens,
             "max_batch_delay_us": self.max_batch_delay.as_micros() as u64,
             "max_queue_tokens": self.max_queue_tokens,
+            "max_queue_wait_ms": self.max_queue_wait.map(|d| d.as_millis() as u64),
             "request_timeout_ms": self.request_timeout.as_millis() as u64,
             "inference_threads": self.inference_threads,
             "log_format": match self.log_format { LogFormat::Json => "json", LogFormat::Pretty => "pretty" },
