@@ -4,7 +4,7 @@ CARGO ?= cargo
 TEST_VENV := .cache/test-venv
 PORT ?= 8080
 
-.PHONY: run test test-deps bench models build release test-rust test-integration fmt lint clean-models
+.PHONY: run test test-deps bench models build release test-rust test-integration fmt lint clean-models fuzz
 
 ## Fetch the default models once, build in release mode, serve on $(PORT).
 run: models release
@@ -20,6 +20,10 @@ bench: models release
 	bash bench/gateway/run.sh | tee bench/gateway-overhead.txt
 	python3 bench/overload.py
 	python3 bench/run.py --variant keel-ort-fp32: --variant keel-ort-int8:ORT_PRECISION=int8 --variant keel-candle:BACKEND=candle $(BENCH_ARGS)
+
+## Fuzz HTTP request parsing and tokenization (cargo-fuzz, on stable), FUZZ_SECONDS each (default 60).
+fuzz: models
+	bash scripts/fuzz.sh
 
 test-deps:
 	bash scripts/install-test-deps.sh

@@ -53,13 +53,15 @@ fi
 
 cd "$ROOT/fuzz"
 
-# One build for all the targets asked for (cargo-fuzz builds in fuzz/target, git-ignored).
+# One build for all the targets asked for (cargo-fuzz builds in fuzz/target, git-ignored):
+# optimized (--release), with debug assertions and overflow checks (-a) so that arithmetic
+# overflow panics instead of wrapping silently.
 echo "==> building fuzz targets (sanitizer: $SANITIZER)"
 start=$(date +%s)
 if [ ${#TARGETS[@]} -eq 1 ]; then
-    "$CARGO_FUZZ" build --release -s "$SANITIZER" "${TARGETS[0]}"
+    "$CARGO_FUZZ" build --release -a -s "$SANITIZER" "${TARGETS[0]}"
 else
-    "$CARGO_FUZZ" build --release -s "$SANITIZER"
+    "$CARGO_FUZZ" build --release -a -s "$SANITIZER"
 fi
 echo "==> build took $(($(date +%s) - start)) s"
 
@@ -76,7 +78,7 @@ for t in "${TARGETS[@]}"; do
     log=$LOG_ROOT/$t.log
     echo "==> fuzzing $t for ${SECONDS_PER_TARGET}s (corpus: ${corpus#"$ROOT"/}, log: ${log#"$ROOT"/})"
     set +e
-    "$CARGO_FUZZ" run --release -s "$SANITIZER" "$t" "$corpus" -- \
+    "$CARGO_FUZZ" run --release -a -s "$SANITIZER" "$t" "$corpus" -- \
         -max_total_time="$SECONDS_PER_TARGET" \
         -max_len="${MAX_LEN[$t]}" \
         -rss_limit_mb="$RSS_MB" \
