@@ -735,6 +735,54 @@ def render_gateway() -> str:
     return "\n".join(out)
 
 
+OVERLOAD_JSON = BENCH / "overload.json"
+
+
+def render_overload() -> str:
+    out = ["## Bounded overload: 3x capacity, open loop", ""]
+    if not OVERLOAD_JSON.is_file():
+        out += ["No `bench/overload.json` yet: `make bench` writes it (`python3 bench/overload.py`).", ""]
+        return "\n".join(out)
+    d = json.loads(OVERLOAD_JSON.read_text())
+    yes = lambda b: "yes" if b else "**no**"  # noqa: E731
+    rows = []
+    for r in d["runs"]:
+        o, c = r["overload"], r["checks"]
+        adm, ref = o["admitted"] or {}, o["refused"] or {}
+        env = ", ".join(f"{k}={v}" for k, v in r["keel_env"].items()
+                        if k not in ("HOST", "LOG_LEVEL", "LOG_FORMAT")) or "defaults"
+        rows.append([f"`{env}`", ", ".join(f"{k}: {v}" for k, v in sorted(o["statuses"].items())),
+                     fmt(adm.get("count", 0) / o["duration_s"]), fmt(adm.get("p50_ms")),
+                     fmt(adm.get("p99_ms")), fmt(ref.get("p99_ms")),
+                     fmt(r["light"]["admitted"]["p99_ms"]), fmt(r["busy"]["admitted"]["p99_ms"]),
+                     fmt(c["admitted_p99_over_light_p99"], 1), fmt(c["admitted_p99_over_busy_p99"], 1),
+                     f"{fmt(r['rss_mib']['before'], 0)} / {fmt(r['rss_mib']['peak_during_overload'], 0)}",
+                     yes(c["overload_answers_2xx_or_429_503_with_retry_after"]
+                         and c["nothing_dropped_by_the_generator"]),
+                     yes(c["recovery_all_200"])])
+    first = d["runs"][0]["overload"]
+    out += [f"Command: `{d['command']}`; load from `keel-loadgen {d['loadgen_command']}`.", "",
+            f"Capacity (wrk, closed loop, 32 connections, short classification texts, Keel's "
+            f"defaults; 2xx only): **{fmt(d['capacity_rps'])} req/s**. Then, for each configuration, "
+            "keel-loadgen offers fixed rates, open loop (requests leave on schedule whatever the "
+            "server does; latency counted from each request's scheduled start): light = 10% of "
+            f"capacity and busy = 70% for 15 s each, overload = {fmt(first['rate'] / d['capacity_rps'], 0)}x "
+            f"capacity for {fmt(first['duration_s'], 0)} s, then light again (recovery).", "",
+            md_table(["configuration", "overload answers", "admitted req/s", "admitted p50 (ms)",
+                      "admitted p99 (ms)", "refused p99 (ms)", "light p99 (ms)", "busy p99 (ms)",
+                      "admitted p99 / light p99", "admitted p99 / busy p99",
+                      "RSS before / peak (MiB)", "every answer 2xx or 429/503 + Retry-After",
+                      "recovery all 200"], rows), "",
+            "With the defaults the queue is bounded by `MAX_QUEUE_REQUESTS` and by each request's "
+            "deadline: admitted requests wait for the full queue (about 1,024 requests, over a "
+            "second), and requests past `MAX_CONNECTIONS` get 503 `too_many_connections`. "
+            "`MAX_QUEUE_WAIT_MS` trades admitted throughput for admitted latency: the worker "
+            "refuses, before tokenizing, any request whose predicted wait is longer, so the "
+            "admitted ones stay close to the busy-load latency and the refused ones learn it in "
+            "a few milliseconds.", ""]
+    return "\n".join(out)
+
+
 def render_scale() -> str:
     out = ["## Scale-out: replicas behind nginx", ""]
     if not SCALE_JSON.is_file():
@@ -891,6 +939,7 @@ def render(results: dict) -> str:
     out.append(render_overhead(points))
     out.append(render_gateway())
     out.append(render_scale())
+    out.append(render_overload())
     return "\n".join(out).rstrip() + "\n"
 
 

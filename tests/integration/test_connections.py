@@ -56,12 +56,15 @@ def test_slow_body_gets_408(start_keel):
     assert "body_timeout" in response
 
 
-def test_connection_cap_makes_extra_clients_wait(start_keel):
+def test_connections_past_the_cap_are_refused_with_503(start_keel):
     k = start_keel({**MODEL, "MAX_CONNECTIONS": "2", "HEADER_READ_TIMEOUT_MS": "20000"}).wait_listening()
     idle = [socket.create_connection(("127.0.0.1", k.port)) for _ in range(2)]
     time.sleep(0.2)
-    with pytest.raises(requests.Timeout):
-        requests.get(k.url("/health"), timeout=1)
+    r = requests.get(k.url("/health"), timeout=10)
+    assert r.status_code == 503 and r.json()["error"]["code"] == "too_many_connections"
+    assert r.headers["retry-after"] == "1" and r.headers["connection"] == "close"
     idle[0].close()
+    time.sleep(0.2)
     assert requests.get(k.url("/health"), timeout=10).status_code == 200
     idle[1].close()
+    assert "keel_connections_refused_total 1" in requests.get(k.url("/metrics"), timeout=10).text

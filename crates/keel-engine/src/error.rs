@@ -23,8 +23,8 @@ pub enum EngineError {
     #[error("the inference queue of model '{0}' is full")]
     QueueFull(String),
     #[error(
-        "model '{model}' is overloaded: a new request would wait about {wait_ms} ms, more than \
-         MAX_QUEUE_WAIT_MS allows"
+        "model '{model}' is overloaded: a new request would wait about {wait_ms} ms, longer \
+         than its deadline or MAX_QUEUE_WAIT_MS allows"
     )]
     QueueTooSlow { model: String, wait_ms: u64 },
     #[error("tokenization failed: {0}")]

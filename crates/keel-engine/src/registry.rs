@@ -444,6 +444,16 @@ impl LoadedModel {
         deadline: Instant,
     ) -> Result<Inference, EngineError> {
         let _in_flight = InFlight::enter(&self.name);
+        // Under overload most requests are refused: refuse before spending tokenization on
+        // them when the queue alone is already over the bound.
+        if let Some(wait) = self.jobs.over_bound(deadline) {
+            let e = EngineError::QueueTooSlow {
+                model: self.name.clone(),
+                wait_ms: wait.as_millis() as u64,
+            };
+            self.reject(&e);
+            return Err(e);
+        }
         for text in &texts {
             metrics::histogram!(names::INPUT_CHARACTERS, "model" => self.name.clone())
                 .record(text.chars().count() as f64);

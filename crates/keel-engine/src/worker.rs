@@ -125,11 +125,9 @@ impl JobQueue {
         // Refusing now, when the wait is predicted too long, keeps the admitted requests'
         // latency bounded under overload and tells the client at once (429 + Retry-After)
         // rather than after the wait.
-        if let (Some(max), Some(wait)) = (self.max_wait, self.pace.wait(before)) {
-            if before > 0 && wait > max {
-                self.queued_tokens.fetch_sub(tokens, Ordering::SeqCst);
-                return Err(Admission::TooSlow(wait));
-            }
+        if let Some(wait) = self.too_slow(before, job.deadline) {
+            self.queued_tokens.fetch_sub(tokens, Ordering::SeqCst);
+            return Err(Admission::TooSlow(wait));
         }
         self.sender.try_send(job).map_err(|e| {
             self.queued_tokens.fetch_sub(tokens, Ordering::SeqCst);
@@ -138,6 +136,21 @@ impl JobQueue {
                 crossbeam_channel::TrySendError::Disconnected(_) => Admission::Stopped,
             }
         })
+    }
+
+    /// The predicted wait behind `queued` tokens, when it is longer than the bound: the
+    /// request's own deadline, or `max_wait` when that is shorter.
+    fn too_slow(&self, queued: usize, deadline: Instant) -> Option<Duration> {
+        let wait = self.pace.wait(queued)?;
+        let left = deadline.saturating_duration_since(Instant::now());
+        let bound = self.max_wait.map_or(left, |max| max.min(left));
+        (queued > 0 && wait > bound).then_some(wait)
+    }
+
+    /// Whether the queue as it stands is already predicted to take longer than the bound: a
+    /// cheap check before the caller spends work (tokenization) on a request.
+    pub fn over_bound(&self, deadline: Instant) -> Option<Duration> {
+        self.too_slow(self.queued_tokens.load(Ordering::SeqCst), deadline)
     }
 
     pub fn depth(&self) -> usize {
@@ -534,5 +547,30 @@ mod tests {
             Err(Admission::TooSlow(wait)) => assert_eq!(wait.as_millis(), 70),
             _ => panic!("a 70 ms wait exceeds the 50 ms bound"),
         }
+    }
+
+    #[test]
+    fn without_a_bound_a_request_that_would_miss_its_deadline_is_refused() {
+        let (sender, _receiver) = crossbeam_channel::bounded(100);
+        let pace = Arc::new(Pace::default());
+        pace.observe(10, Duration::from_millis(10));
+        let queue = JobQueue {
+            sender,
+            queued_tokens: Arc::new(AtomicUsize::new(0)),
+            max_queued_tokens: 100_000,
+            pace,
+            max_wait: None,
+        };
+        for _ in 0..10 {
+            assert!(queue
+                .try_push(job(&[10], Duration::from_secs(10)).0)
+                .is_ok());
+        }
+        // 100 ms of work ahead: a 50 ms deadline cannot be met, a 1 s one can.
+        assert!(matches!(
+            queue.try_push(job(&[10], Duration::from_millis(50)).0),
+            Err(Admission::TooSlow(_))
+        ));
+        assert!(queue.try_push(job(&[10], Duration::from_secs(1)).0).is_ok());
     }
 }

@@ -1,7 +1,8 @@
 //! The accept loop: what `axum::serve` does, plus the limits a server on the public internet
-//! needs — a cap on concurrent connections (excess waits in the kernel's backlog instead of
-//! costing memory), a header read timeout (a slow client cannot hold a connection forever),
-//! optional TLS (rustls), and a graceful drain on shutdown.
+//! needs — a cap on concurrent connections (a connection past it is answered 503 with
+//! Retry-After and closed, so an overloaded server says so instead of leaving clients in a
+//! full listen backlog), a header read timeout (a slow client cannot hold a connection
+//! forever), optional TLS (rustls), and a graceful drain on shutdown.
 
 use std::future::Future;
 use std::path::Path;
@@ -51,6 +52,28 @@ pub fn tls_acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor, String> {
 
 /// How long connections accepted last get to deliver their request before shutdown.
 const SETTLE: Duration = Duration::from_millis(250);
+
+/// Connections past MAX_CONNECTIONS being refused at once; more than this wait in the backlog,
+/// so refusing cannot itself take unbounded memory.
+const REFUSING: usize = 256;
+
+/// Answers every request of a connection past MAX_CONNECTIONS: 503, Retry-After, close.
+fn refusal_router() -> Router {
+    use axum::http::{header, HeaderValue, StatusCode};
+    use axum::response::IntoResponse;
+    Router::new().fallback(|| async {
+        metrics::counter!(keel_telemetry::metrics::names::CONNECTIONS_REFUSED).increment(1);
+        let body = axum::Json(serde_json::json!({"error": {
+            "code": "too_many_connections",
+            "message": "the server is at MAX_CONNECTIONS; retry shortly",
+        }}));
+        let mut response = (StatusCode::SERVICE_UNAVAILABLE, body).into_response();
+        let headers = response.headers_mut();
+        headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+        response
+    })
+}
 
 fn spawn_connection(
     stream: tokio::net::TcpStream,
@@ -112,6 +135,8 @@ pub async fn serve(
 ) -> bool {
     let graceful = GracefulShutdown::new();
     let permits = Arc::new(Semaphore::new(options.max_connections));
+    let refusing = Arc::new(Semaphore::new(REFUSING));
+    let refusal = refusal_router();
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -119,11 +144,13 @@ pub async fn serve(
         .header_read_timeout(options.header_read_timeout);
     let mut stop = std::pin::pin!(stop_accepting);
     loop {
-        // Take a connection slot before accepting, so that excess connections wait in the
-        // listen backlog rather than being accepted and starved.
-        let permit = tokio::select! {
+        // Take a slot before accepting: a serving one while there are any, else a refusing
+        // one; with neither, connections wait in the listen backlog.
+        let slot = tokio::select! {
+            biased;
             _ = &mut stop => break,
-            permit = permits.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
+            permit = permits.clone().acquire_owned() => Ok(permit.expect("never closed")),
+            permit = refusing.clone().acquire_owned() => Err(permit.expect("never closed")),
         };
         let (stream, _peer) = tokio::select! {
             _ = &mut stop => break,
@@ -137,7 +164,26 @@ pub async fn serve(
                 }
             },
         };
-        spawn_connection(stream, Some(permit), &builder, &router, &graceful, &options);
+        match slot {
+            Ok(permit) => {
+                spawn_connection(stream, Some(permit), &builder, &router, &graceful, &options)
+            }
+            // A serving slot may have freed while this connection was accepted.
+            Err(refusing) => match permits.clone().try_acquire_owned() {
+                Ok(permit) => {
+                    drop(refusing);
+                    spawn_connection(stream, Some(permit), &builder, &router, &graceful, &options)
+                }
+                Err(_) => spawn_connection(
+                    stream,
+                    Some(refusing),
+                    &builder,
+                    &refusal,
+                    &graceful,
+                    &options,
+                ),
+            },
+        }
     }
     // Connections still in the kernel's backlog have sent their requests already: serve
     // them rather than reset them by closing the listener under them.

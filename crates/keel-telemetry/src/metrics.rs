@@ -10,6 +10,7 @@ pub mod names {
     pub const HTTP_REQUESTS: &str = "keel_http_requests_total";
     pub const HTTP_DURATION: &str = "keel_http_request_duration_seconds";
     pub const HTTP_IN_FLIGHT: &str = "keel_http_requests_in_flight";
+    pub const CONNECTIONS_REFUSED: &str = "keel_connections_refused_total";
 
     pub const MODEL_READY: &str = "keel_model_ready";
     pub const INFERENCE_DURATION: &str = "keel_inference_duration_seconds";
@@ -73,6 +74,10 @@ fn describe() {
         "HTTP request latency, by route, method and status"
     );
     describe_gauge!(HTTP_IN_FLIGHT, "HTTP requests being answered");
+    describe_counter!(
+        CONNECTIONS_REFUSED,
+        "Requests answered 503 because the server was at MAX_CONNECTIONS"
+    );
     describe_gauge!(MODEL_READY, "1 when the model is loaded and warmed, else 0");
     describe_histogram!(
         INFERENCE_DURATION,

@@ -77,8 +77,8 @@ pub const SETTINGS: &[(&str, &str, &str)] = &[
     ),
     (
         "MAX_QUEUE_WAIT_MS",
-        "500",
-        "refuse (429) a request whose predicted queue wait is longer; 0: no bound",
+        "0",
+        "refuse (429) a request whose predicted queue wait is longer; 0: only when it would miss its deadline",
     ),
     (
         "INFERENCE_THREADS",
@@ -136,8 +136,6 @@ pub const SETTINGS: &[(&str, &str, &str)] = &[
         "exit (status 1) when a model fails to load, instead of reporting it on /ready",
     ),
 ];
-
-const DEFAULT_MAX_QUEUE_WAIT_MS: u64 = 500;
 
 /// Served when no model is configured: what `make run` fetches.
 pub const DEFAULT_MODELS: &str =
@@ -732,8 +730,8 @@ impl Settings {
             max_queue_tokens: env.count("MAX_QUEUE_TOKENS", 131_072, 1 << 30)?,
             max_queue_wait: match env.parse(
                 "MAX_QUEUE_WAIT_MS",
-                DEFAULT_MAX_QUEUE_WAIT_MS,
-                "a whole number of milliseconds (0: no bound)",
+                0,
+                "a whole number of milliseconds (0: only the request's deadline bounds the wait)",
             )? {
                 0 => None,
                 ms => Some(Duration::from_millis(ms)),
