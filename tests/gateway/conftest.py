@@ -140,11 +140,11 @@ def fake_server():
     server.shutdown()
 
 
-def start_gateway(fake_server, tmp, extra_env=None):
-    """Starts keel with CONFIG pointed at the fake; returns (process, Gateway)."""
+def start_gateway(fake_server, tmp, extra_env=None, config_text=CONFIG):
+    """Starts keel with `config_text` pointed at the fake; returns (process, Gateway)."""
     base = f"http://127.0.0.1:{fake_server.server_address[1]}"
     config = tmp / "keel.toml"
-    config.write_text(CONFIG.replace("{base}", base))
+    config.write_text(config_text.replace("{base}", base))
     log_path = tmp / "gateway.log"
     env = {
         "PATH": os.environ.get("PATH", ""),

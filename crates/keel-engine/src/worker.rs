@@ -524,20 +524,26 @@ mod tests {
         ));
     }
 
-    #[test]
-    fn a_queue_predicted_to_drain_too_slowly_refuses_at_once() {
-        // No worker drains this channel; the pace is what a worker would have learned:
-        // 1 ms per token.
-        let (sender, _receiver) = crossbeam_channel::bounded(100);
+    /// A queue no worker drains (the receiver is returned to keep it open), whose pace is
+    /// what a worker would have learned: 1 ms per token.
+    fn paced_queue(max_wait: Option<Duration>) -> (JobQueue, Receiver<Job>) {
+        let (sender, receiver) = crossbeam_channel::bounded(100);
         let pace = Arc::new(Pace::default());
         pace.observe(10, Duration::from_millis(10));
         let queue = JobQueue {
             sender,
             queued_tokens: Arc::new(AtomicUsize::new(0)),
             max_queued_tokens: 100_000,
-            pace: pace.clone(),
-            max_wait: Some(Duration::from_millis(50)),
+            pace,
+            max_wait,
         };
+        (queue, receiver)
+    }
+
+    #[test]
+    fn a_queue_predicted_to_drain_too_slowly_refuses_at_once() {
+        let (queue, _receiver) = paced_queue(Some(Duration::from_millis(50)));
+        let pace = queue.pace.clone();
         // Up to 40 tokens ahead (40 ms) a request is admitted; 50 + 20 running (70 ms) not.
         for _ in 0..5 {
             assert!(queue.try_push(job(&[10], Duration::from_secs(1)).0).is_ok());
@@ -551,16 +557,7 @@ mod tests {
 
     #[test]
     fn without_a_bound_a_request_that_would_miss_its_deadline_is_refused() {
-        let (sender, _receiver) = crossbeam_channel::bounded(100);
-        let pace = Arc::new(Pace::default());
-        pace.observe(10, Duration::from_millis(10));
-        let queue = JobQueue {
-            sender,
-            queued_tokens: Arc::new(AtomicUsize::new(0)),
-            max_queued_tokens: 100_000,
-            pace,
-            max_wait: None,
-        };
+        let (queue, _receiver) = paced_queue(None);
         for _ in 0..10 {
             assert!(queue
                 .try_push(job(&[10], Duration::from_secs(10)).0)

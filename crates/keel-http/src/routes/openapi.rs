@@ -102,6 +102,11 @@ pub fn document(state: &AppState) -> Value {
     }
     let text = json!({"type": "string", "pattern": NOT_BLANK});
     let mut doc = body(&served, text, &body_errors, &get_errors);
+    if let Some(gateway) = state.gateway.as_ref().map(|g| g.config()) {
+        if !gateway.providers.is_empty() {
+            add_chat(&mut doc, gateway, &body_errors);
+        }
+    }
     if served.keys {
         // Every path but the probes needs a key, as a bearer token or in x-api-key.
         doc["components"]["securitySchemes"] = json!({
@@ -114,6 +119,63 @@ pub fn document(state: &AppState) -> Value {
         }
     }
     doc
+}
+
+/// `POST /v1/chat/completions`, when the gateway has providers. Keel checks what it needs
+/// (model, messages, stream) and relays the rest for the upstream to judge, so the request
+/// schema is OpenAI's outline, and an upstream's own 4xx comes back as it was.
+fn add_chat(doc: &mut Value, gateway: &keel_gateway::GatewayConfig, body_errors: &[&str]) {
+    let routes: Vec<&String> = gateway.routes.keys().filter(|r| *r != "*").collect();
+    let providers: Vec<String> = gateway.providers.keys().map(|p| regex_escape(p)).collect();
+    let model = if gateway.routes.contains_key("*") {
+        json!({"type": "string", "minLength": 1})
+    } else {
+        let direct =
+            json!({"type": "string", "pattern": format!("^({})/.+$", providers.join("|"))});
+        if routes.is_empty() {
+            direct
+        } else {
+            json!({"anyOf": [{"type": "string", "enum": routes}, direct]})
+        }
+    };
+    let request = json!({"type": "object", "required": ["model", "messages"], "properties": {
+        "model": model,
+        "messages": {"type": "array", "minItems": 1, "items": {
+            "type": "object", "required": ["role"], "properties": {
+                "role": {"type": "string", "enum": ["system", "developer", "user", "assistant"]},
+                "content": {"type": "string"}}}},
+        "stream": {"type": "boolean", "nullable": true},
+        "max_tokens": {"type": "integer", "minimum": 1, "maximum": 1_000_000, "nullable": true},
+        "temperature": {"type": "number", "minimum": 0, "maximum": 2, "nullable": true}}});
+    let completion = json!({"type": "object", "required": ["object", "choices"], "properties": {
+        "object": {"type": "string", "enum": ["chat.completion"]},
+        "choices": {"type": "array", "items": {"type": "object", "required": ["index", "message"]}},
+        "degraded": {"type": "boolean"}}});
+    let mut responses = error_responses(body_errors);
+    responses["200"] = json!({"description": "the answer, or the route's degraded answer", "content": {
+        "application/json": {"schema": completion},
+        // One event: its data is a JSON chunk, an error object after a cut, or [DONE].
+        "text/event-stream": {"schema": {"type": "object", "required": ["data"], "properties": {
+            "data": {"type": "string", "minLength": 1},
+            "event": {"type": "string"}}}}}});
+    responses["4XX"] = json!({"description": "an upstream's client error, passed on",
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}});
+    doc["paths"]["/v1/chat/completions"] = json!({"post": {
+        "summary": "Chat completions (OpenAI-compatible) through the gateway",
+        "requestBody": {"required": true, "content": {"application/json": {"schema": request}}},
+        "responses": responses}});
+}
+
+fn regex_escape(s: &str) -> String {
+    s.chars()
+        .flat_map(|c| {
+            let special = "\\.+*?()|[]{}^$".contains(c);
+            special
+                .then_some('\\')
+                .into_iter()
+                .chain(std::iter::once(c))
+        })
+        .collect()
 }
 
 fn body(served: &Served, text: Value, body_errors: &[&str], get_errors: &[&str]) -> Value {
