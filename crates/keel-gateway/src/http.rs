@@ -68,7 +68,7 @@ pub fn routes(gateway: Arc<Gateway>) -> Router {
 }
 
 /// The client's request id when it is a sane one (printable, at most 128 bytes), else a UUID.
-fn request_id(headers: &HeaderMap) -> HeaderValue {
+pub fn request_id(headers: &HeaderMap) -> HeaderValue {
     headers
         .get(&REQUEST_ID)
         .filter(|v| {

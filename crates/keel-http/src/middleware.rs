@@ -22,18 +22,10 @@ pub const INFERENCE_MS: HeaderName = HeaderName::from_static("x-keel-inference-m
 #[derive(Clone)]
 struct RouteTemplate(String);
 
-/// The request id a client sent, if it is a sane one; otherwise a fresh UUID.
+/// The request id a client sent, if it is a sane one; otherwise a fresh UUID (one rule for
+/// the whole server: the gateway's).
 fn request_id(req: &Request) -> HeaderValue {
-    req.headers()
-        .get(&REQUEST_ID)
-        .filter(|v| {
-            let b = v.as_bytes();
-            !b.is_empty() && b.len() <= 128 && b.iter().all(|c| c.is_ascii_graphic())
-        })
-        .cloned()
-        .unwrap_or_else(|| {
-            HeaderValue::from_str(&uuid::Uuid::new_v4().to_string()).expect("a UUID is ASCII")
-        })
+    keel_gateway::http::request_id(req.headers())
 }
 
 fn content_length(headers: &axum::http::HeaderMap) -> u64 {
