@@ -187,6 +187,13 @@ fn limiter(
     limits: &crate::settings::RateLimits,
 ) -> anyhow::Result<Option<Arc<keel_limits::Limiter>>> {
     if !limits.enabled() {
+        if limits.redis_url.is_some() {
+            tracing::warn!(
+                target: "keel::limits",
+                "REDIS_URL is set but no limit is (RATE_LIMIT_RPM, RATE_LIMIT_TPM, \
+                 BUDGET_USD_PER_DAY or per-key limits): Redis is not used"
+            );
+        }
         return Ok(None);
     }
     keel_limits::metrics::describe();
