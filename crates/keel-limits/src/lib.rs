@@ -276,7 +276,9 @@ impl Limiter {
         }
     }
 
-    async fn charge(&self, caller: &Caller, meter: Meter, cost: f64) {
+    /// The rate and store key of a charge to `meter`, or None when the meter is unlimited
+    /// or there is nothing to charge.
+    fn charge_target(&self, caller: &Caller, meter: Meter, cost: f64) -> Option<(Rate, String)> {
         let limits = caller.limits.or(self.defaults);
         let rate = match meter {
             Meter::Tokens => limits.tokens_per_minute.map(|n| Rate::per_minute(n as f64)),
@@ -284,21 +286,8 @@ impl Limiter {
                 .budget_usd_per_day
                 .map(|usd| Rate::per_day(usd * MICRO)),
             Meter::Requests => None,
-        };
-        let Some(rate) = rate else { return };
-        if cost <= 0.0 {
-            return;
-        }
-        let key = Self::store_key(caller, meter);
-        match &self.store {
-            Store::Memory(map) => {
-                let mut map = map.lock().expect("not poisoned");
-                let tat = gcra::charge(rate, cost, map.get(&key).copied(), now_us());
-                map.insert(key, tat);
-            }
-            // A lost charge under-counts one request; the store's state is already logged.
-            Store::Redis(redis) => drop(redis.charge(&key, rate, cost).await),
-        }
+        }?;
+        (cost > 0.0).then(|| (rate, Self::store_key(caller, meter)))
     }
 }
 
@@ -336,24 +325,39 @@ impl Charge {
         if tokens.is_none() && micro_usd.is_none() {
             return;
         }
-        let charge = self.clone();
-        let settle = async move {
-            if let Some(n) = tokens {
-                charge
-                    .limiter
-                    .charge(&charge.caller, Meter::Tokens, n as f64)
-                    .await;
+        let charges: Vec<(Rate, String, f64)> = [
+            (Meter::Tokens, tokens.map(|n| n as f64)),
+            (Meter::Spend, micro_usd),
+        ]
+        .into_iter()
+        .filter_map(|(meter, cost)| {
+            let cost = cost?;
+            let (rate, key) = self.limiter.charge_target(&self.caller, meter, cost)?;
+            Some((rate, key, cost))
+        })
+        .collect();
+        match &self.limiter.store {
+            // In memory the charge lands before this returns, so the caller's next request
+            // already sees it.
+            Store::Memory(map) => {
+                let mut map = map.lock().expect("not poisoned");
+                for (rate, key, cost) in charges {
+                    let tat = gcra::charge(rate, cost, map.get(&key).copied(), now_us());
+                    map.insert(key, tat);
+                }
             }
-            if let Some(cost) = micro_usd {
-                charge
-                    .limiter
-                    .charge(&charge.caller, Meter::Spend, cost)
-                    .await;
+            Store::Redis(redis) => {
+                let redis = redis.clone();
+                // A lost charge under-counts one request; the store's state is already logged.
+                // Outside a runtime (a stream dropped at shutdown) the charge is moot.
+                if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                    runtime.spawn(async move {
+                        for (rate, key, cost) in charges {
+                            let _ = redis.charge(&key, rate, cost).await;
+                        }
+                    });
+                }
             }
-        };
-        // Outside a runtime (a stream dropped at shutdown) the charge is moot.
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            runtime.spawn(settle);
         }
     }
 }
