@@ -148,17 +148,6 @@ impl Limiter {
         }
     }
 
-    pub fn defaults(&self) -> KeyLimits {
-        self.defaults
-    }
-
-    pub fn redis(&self) -> Option<&Arc<RedisStore>> {
-        match &self.store {
-            Store::Redis(r) => Some(r),
-            Store::Memory(_) => None,
-        }
-    }
-
     /// The store's state for `/ready`: (description, whether requests can be served).
     pub fn store_report(&self) -> (String, bool) {
         match &self.store {
@@ -175,19 +164,34 @@ impl Limiter {
         }
     }
 
-    fn meters(&self, caller: &Caller, with_spend: bool) -> Vec<(Meter, Rate, Mode)> {
+    /// The rate of `caller`'s `meter`, or None when it is unlimited: the one place that
+    /// turns limits into rates, for admission and for charges alike.
+    fn rate(&self, caller: &Caller, meter: Meter) -> Option<Rate> {
         let limits = caller.limits.or(self.defaults);
-        let mut meters = Vec::with_capacity(3);
-        if let Some(n) = limits.requests_per_minute {
-            meters.push((Meter::Requests, Rate::per_minute(n as f64), Mode::Take(1.0)));
+        match meter {
+            Meter::Requests => limits
+                .requests_per_minute
+                .map(|n| Rate::per_minute(n as f64)),
+            Meter::Tokens => limits.tokens_per_minute.map(|n| Rate::per_minute(n as f64)),
+            Meter::Spend => limits
+                .budget_usd_per_day
+                .map(|usd| Rate::per_day(usd * MICRO)),
         }
-        if let Some(n) = limits.tokens_per_minute {
-            meters.push((Meter::Tokens, Rate::per_minute(n as f64), Mode::Check));
+    }
+
+    fn meters(&self, caller: &Caller, with_spend: bool) -> Vec<(Meter, Rate, Mode)> {
+        // Requests are taken on arrival; tokens and spend are only checked, and charged later.
+        let mut wanted = vec![
+            (Meter::Requests, Mode::Take(1.0)),
+            (Meter::Tokens, Mode::Check),
+        ];
+        if with_spend {
+            wanted.push((Meter::Spend, Mode::Check));
         }
-        if let (true, Some(usd)) = (with_spend, limits.budget_usd_per_day) {
-            meters.push((Meter::Spend, Rate::per_day(usd * MICRO), Mode::Check));
-        }
-        meters
+        wanted
+            .into_iter()
+            .filter_map(|(meter, mode)| Some((meter, self.rate(caller, meter)?, mode)))
+            .collect()
     }
 
     fn store_key(caller: &Caller, meter: Meter) -> String {
@@ -275,20 +279,6 @@ impl Limiter {
             }
         }
     }
-
-    /// The rate and store key of a charge to `meter`, or None when the meter is unlimited
-    /// or there is nothing to charge.
-    fn charge_target(&self, caller: &Caller, meter: Meter, cost: f64) -> Option<(Rate, String)> {
-        let limits = caller.limits.or(self.defaults);
-        let rate = match meter {
-            Meter::Tokens => limits.tokens_per_minute.map(|n| Rate::per_minute(n as f64)),
-            Meter::Spend => limits
-                .budget_usd_per_day
-                .map(|usd| Rate::per_day(usd * MICRO)),
-            Meter::Requests => None,
-        }?;
-        (cost > 0.0).then(|| (rate, Self::store_key(caller, meter)))
-    }
 }
 
 /// An admitted request: its meter readings (for the rate-limit headers) and its [`Charge`].
@@ -314,29 +304,25 @@ impl std::fmt::Debug for Charge {
 }
 
 impl Charge {
-    /// Records `tokens` processed and `usd` spent upstream. Never waits: the store is updated
-    /// in the background.
+    /// Records `tokens` processed and `usd` spent upstream, on the meters the caller has.
+    /// Never waits: in memory the charge lands at once, in Redis in the background.
     pub fn usage(&self, tokens: u64, usd: Option<f64>) {
-        let limits = self.caller.limits.or(self.limiter.defaults);
-        let tokens = (limits.tokens_per_minute.is_some() && tokens > 0).then_some(tokens);
-        let micro_usd = usd
-            .filter(|u| *u > 0.0 && limits.budget_usd_per_day.is_some())
-            .map(|u| u * MICRO);
-        if tokens.is_none() && micro_usd.is_none() {
-            return;
-        }
+        let limiter = &self.limiter;
         let charges: Vec<(Rate, String, f64)> = [
-            (Meter::Tokens, tokens.map(|n| n as f64)),
-            (Meter::Spend, micro_usd),
+            (Meter::Tokens, tokens as f64),
+            (Meter::Spend, usd.unwrap_or(0.0) * MICRO),
         ]
         .into_iter()
+        .filter(|&(_, cost)| cost > 0.0)
         .filter_map(|(meter, cost)| {
-            let cost = cost?;
-            let (rate, key) = self.limiter.charge_target(&self.caller, meter, cost)?;
-            Some((rate, key, cost))
+            let rate = limiter.rate(&self.caller, meter)?;
+            Some((rate, Limiter::store_key(&self.caller, meter), cost))
         })
         .collect();
-        match &self.limiter.store {
+        if charges.is_empty() {
+            return;
+        }
+        match &limiter.store {
             // In memory the charge lands before this returns, so the caller's next request
             // already sees it.
             Store::Memory(map) => {
