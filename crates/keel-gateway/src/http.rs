@@ -116,14 +116,8 @@ fn parse(
             )
         }
     })?;
-    use keel_limits::input::{json_too_deep, MAX_JSON_DEPTH};
-    if json_too_deep(&body, MAX_JSON_DEPTH) {
-        return Err(GatewayApiError::new(
-            StatusCode::BAD_REQUEST,
-            "json_too_deep",
-            format!("the body nests arrays and objects deeper than {MAX_JSON_DEPTH} levels"),
-        ));
-    }
+    keel_limits::input::check_json_depth(&body)
+        .map_err(|m| GatewayApiError::new(StatusCode::BAD_REQUEST, "json_too_deep", m))?;
     let value: serde_json::Value = serde_json::from_slice(&body).map_err(|e| {
         GatewayApiError::new(
             StatusCode::BAD_REQUEST,

@@ -61,14 +61,8 @@ pub fn check_json_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
 }
 
 pub fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
-    use keel_limits::input::{json_too_deep, MAX_JSON_DEPTH};
-    if json_too_deep(body, MAX_JSON_DEPTH) {
-        return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "json_too_deep",
-            format!("the body nests arrays and objects deeper than {MAX_JSON_DEPTH} levels"),
-        ));
-    }
+    keel_limits::input::check_json_depth(body)
+        .map_err(|m| ApiError::new(StatusCode::BAD_REQUEST, "json_too_deep", m))?;
     serde_json::from_slice(body).map_err(|e| {
         use serde_json::error::Category;
         match e.classify() {
