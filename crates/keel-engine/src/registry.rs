@@ -447,10 +447,7 @@ impl LoadedModel {
         // Under overload most requests are refused: refuse before spending tokenization on
         // them when the queue alone is already over the bound.
         if let Some(wait) = self.jobs.over_bound(deadline) {
-            let e = EngineError::QueueTooSlow {
-                model: self.name.clone(),
-                wait_ms: wait.as_millis() as u64,
-            };
+            let e = self.refused(Admission::TooSlow(wait));
             self.reject(&e);
             return Err(e);
         }
@@ -482,14 +479,7 @@ impl LoadedModel {
         };
         self.jobs
             .try_push(job)
-            .map_err(|e| match e {
-                Admission::Full => EngineError::QueueFull(self.name.clone()),
-                Admission::TooSlow(wait) => EngineError::QueueTooSlow {
-                    model: self.name.clone(),
-                    wait_ms: wait.as_millis() as u64,
-                },
-                Admission::Stopped => EngineError::WorkerStopped(self.name.clone()),
-            })
+            .map_err(|e| self.refused(e))
             .inspect_err(|e| self.reject(e))?;
         let output = match tokio::time::timeout_at(deadline.into(), answer).await {
             Ok(answer) => answer.map_err(|_| EngineError::WorkerStopped(self.name.clone()))??,
@@ -511,6 +501,18 @@ impl LoadedModel {
     /// Requests waiting in this model's queue.
     pub fn queue_depth(&self) -> usize {
         self.jobs.depth()
+    }
+
+    /// The error for a request the queue refused.
+    fn refused(&self, admission: Admission) -> EngineError {
+        match admission {
+            Admission::Full => EngineError::QueueFull(self.name.clone()),
+            Admission::TooSlow(wait) => EngineError::QueueTooSlow {
+                model: self.name.clone(),
+                wait_ms: wait.as_millis() as u64,
+            },
+            Admission::Stopped => EngineError::WorkerStopped(self.name.clone()),
+        }
     }
 
     fn reject(&self, error: &EngineError) {

@@ -164,26 +164,15 @@ pub async fn serve(
                 }
             },
         };
-        match slot {
-            Ok(permit) => {
-                spawn_connection(stream, Some(permit), &builder, &router, &graceful, &options)
-            }
+        let (permit, service) = match slot {
+            Ok(permit) => (permit, &router),
             // A serving slot may have freed while this connection was accepted.
             Err(refusing) => match permits.clone().try_acquire_owned() {
-                Ok(permit) => {
-                    drop(refusing);
-                    spawn_connection(stream, Some(permit), &builder, &router, &graceful, &options)
-                }
-                Err(_) => spawn_connection(
-                    stream,
-                    Some(refusing),
-                    &builder,
-                    &refusal,
-                    &graceful,
-                    &options,
-                ),
+                Ok(permit) => (permit, &router),
+                Err(_) => (refusing, &refusal),
             },
-        }
+        };
+        spawn_connection(stream, Some(permit), &builder, service, &graceful, &options);
     }
     // Connections still in the kernel's backlog have sent their requests already: serve
     // them rather than reset them by closing the listener under them.

@@ -181,23 +181,24 @@ impl RedisStore {
     }
 
     async fn probe(&self) {
+        // The probe is off the request path, so it may wait longer than a request would.
+        let patience = self.timeout.max(Duration::from_millis(500));
         let existing = self.connection.lock().expect("not poisoned").clone();
         let connection = match existing {
             Some(c) => c,
-            None => match tokio::time::timeout(
-                self.timeout.max(Duration::from_millis(500)),
-                self.client.get_multiplexed_async_connection(),
-            )
-            .await
-            {
-                Ok(Ok(c)) => c,
-                Ok(Err(e)) => return self.mark_down(e.to_string()),
-                Err(_) => return self.mark_down("connect timed out".into()),
-            },
+            None => {
+                match tokio::time::timeout(patience, self.client.get_multiplexed_async_connection())
+                    .await
+                {
+                    Ok(Ok(c)) => c,
+                    Ok(Err(e)) => return self.mark_down(e.to_string()),
+                    Err(_) => return self.mark_down("connect timed out".into()),
+                }
+            }
         };
         let mut ping = connection.clone();
         let pong = tokio::time::timeout(
-            self.timeout.max(Duration::from_millis(500)),
+            patience,
             redis::cmd("PING").query_async::<String>(&mut ping),
         )
         .await;

@@ -525,6 +525,12 @@ fn rate_limits(env: &Env, keys: &keel_http::auth::ApiKeys) -> Result<RateLimits,
                 })?,
         ),
     };
+    // The message never repeats the URL: it may hold a password.
+    let bad_redis_url = |accepted: &str| SettingError {
+        variable: "REDIS_URL",
+        value: "(hidden)".into(),
+        accepted: accepted.into(),
+    };
     let redis_url = match env.get("REDIS_URL") {
         None => None,
         Some(url)
@@ -533,22 +539,11 @@ fn rate_limits(env: &Env, keys: &keel_http::auth::ApiKeys) -> Result<RateLimits,
                 || url.starts_with("unix://") =>
         {
             if keel_limits::redis_store::RedisStore::new(url, Duration::from_millis(100)).is_err() {
-                // The message never repeats the URL: it may hold a password.
-                return Err(SettingError {
-                    variable: "REDIS_URL",
-                    value: "(hidden)".into(),
-                    accepted: "a valid redis:// URL".into(),
-                });
+                return Err(bad_redis_url("a valid redis:// URL"));
             }
             Some(Secret(url.to_string()))
         }
-        Some(_) => {
-            return Err(SettingError {
-                variable: "REDIS_URL",
-                value: "(hidden)".into(),
-                accepted: "a redis://, rediss:// or unix:// URL".into(),
-            })
-        }
+        Some(_) => return Err(bad_redis_url("a redis://, rediss:// or unix:// URL")),
     };
     Ok(RateLimits {
         defaults: keel_limits::KeyLimits {
