@@ -386,6 +386,8 @@ mod tests {
             max_concurrency: 1,
             queue_timeout: std::time::Duration::from_millis(1),
             stream_usage: true,
+            models: Vec::new(),
+            allow_any_model: false,
         });
         assert_eq!(a.url(), "http://127.0.0.1:1/v1/messages");
         let (v, u) = a
@@ -421,6 +423,8 @@ mod tests {
             max_concurrency: 1,
             queue_timeout: std::time::Duration::from_millis(1),
             stream_usage: true,
+            models: Vec::new(),
+            allow_any_model: false,
         });
         let mut t = a.translator(&c);
         let upstream = concat!(

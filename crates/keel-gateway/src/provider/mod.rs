@@ -24,24 +24,29 @@ pub struct ChatRequest {
     pub include_usage: bool,
 }
 
+/// A chat request without the fields the gateway needs (a 422 for the client).
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{0}")]
+pub struct InvalidChat(pub &'static str);
+
 impl ChatRequest {
-    /// Checks the fields the gateway itself needs; the message is for a 422.
-    pub fn from_json(value: Value) -> Result<Self, String> {
+    /// Checks the fields the gateway itself needs.
+    pub fn from_json(value: Value) -> Result<Self, InvalidChat> {
         let Value::Object(body) = value else {
-            return Err("the body must be a JSON object".into());
+            return Err(InvalidChat("the body must be a JSON object"));
         };
         let model = match body.get("model") {
             Some(Value::String(m)) if !m.is_empty() => m.clone(),
-            _ => return Err("\"model\" must be a non-empty string".into()),
+            _ => return Err(InvalidChat("\"model\" must be a non-empty string")),
         };
         match body.get("messages") {
             Some(Value::Array(m)) if !m.is_empty() => {}
-            _ => return Err("\"messages\" must be a non-empty array".into()),
+            _ => return Err(InvalidChat("\"messages\" must be a non-empty array")),
         }
         let stream = match body.get("stream") {
             None | Some(Value::Null) => false,
             Some(Value::Bool(b)) => *b,
-            Some(_) => return Err("\"stream\" must be a boolean".into()),
+            Some(_) => return Err(InvalidChat("\"stream\" must be a boolean")),
         };
         let include_usage = body
             .get("stream_options")

@@ -168,6 +168,8 @@ mod tests {
             max_concurrency: 1,
             queue_timeout: Duration::from_millis(1),
             stream_usage: true,
+            models: Vec::new(),
+            allow_any_model: false,
         })
     }
 

@@ -1,282 +1,18 @@
-//! The gateway's settings: providers, routes, timeouts, retry and circuit policy, prices and
-//! the degraded answer, parsed once at startup and validated.
-//!
-//! They come from two places. The `[gateway]` table of Keel's TOML file describes providers
-//! and routes; the environment may add the two well-known providers (`OPENAI_API_KEY`,
-//! `OPENAI_BASE_URL`, `ANTHROPIC_API_KEY`, `ANTHROPIC_BASE_URL`), and a provider known only
-//! from the environment gets a default route (`*`: any model, passed through by name).
-//! Every error names the key or variable at fault and what it accepts.
+//! Builds the validated [`GatewayConfig`] from the TOML shapes and the environment: which
+//! providers exist (from the file, or the well-known ones from their variables alone), their
+//! URLs and keys, the routes and their targets, the circuit policy and the prices.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
-use serde::Deserialize;
-
-#[derive(Debug, thiserror::Error, PartialEq)]
-pub enum ConfigError {
-    #[error("{key}: {message}")]
-    Invalid { key: String, message: String },
-    #[error("the [gateway] table of the TOML file is malformed: {0}")]
-    Toml(String),
-}
-
-fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid {
-        key: key.into(),
-        message: message.into(),
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ProviderKind {
-    /// OpenAI's API, or any server that speaks it (vLLM, Ollama, TGI).
-    OpenAi,
-    /// Anthropic's Messages API.
-    Anthropic,
-}
-
-#[derive(Clone)]
-pub struct ProviderConfig {
-    pub name: String,
-    pub kind: ProviderKind,
-    /// Base URL without the trailing slash, e.g. `https://api.openai.com/v1`.
-    pub base_url: String,
-    pub api_key: Option<String>,
-    /// Most requests in flight to this provider at once.
-    pub max_concurrency: usize,
-    /// How long a request may wait for a free slot before the next target is tried.
-    pub queue_timeout: Duration,
-    /// Ask OpenAI-shaped upstreams for usage in streams (`stream_options.include_usage`).
-    pub stream_usage: bool,
-}
-
-// By hand, so that no `{:?}` (a log line, a panic message) can print the key.
-impl std::fmt::Debug for ProviderConfig {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ProviderConfig")
-            .field("name", &self.name)
-            .field("kind", &self.kind)
-            .field("base_url", &self.base_url)
-            .field("api_key", &self.api_key.as_ref().map(|_| "(set)"))
-            .field("max_concurrency", &self.max_concurrency)
-            .field("queue_timeout", &self.queue_timeout)
-            .field("stream_usage", &self.stream_usage)
-            .finish()
-    }
-}
-
-/// One step of a route: a provider and the model name to ask it for.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct Target {
-    pub provider: String,
-    /// None: the model the client asked for, unchanged.
-    pub model: Option<String>,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct Timeouts {
-    pub connect: Duration,
-    /// Until the response headers (and, for a stream, its first event) arrive.
-    pub first_byte: Duration,
-    /// The whole request, retries and waits included.
-    pub total: Duration,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct RetrySettings {
-    /// Attempts per target, the first one included.
-    pub max_attempts: u32,
-    pub backoff_base: Duration,
-    pub backoff_max: Duration,
-    /// A longer `Retry-After` than this sends the request to the next target instead.
-    pub max_retry_after: Duration,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct DegradedSettings {
-    pub message: String,
-    /// 200 or 503.
-    pub status: u16,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct RouteSettings {
-    pub timeouts: Timeouts,
-    pub retry: RetrySettings,
-    pub degraded: DegradedSettings,
-}
-
-#[derive(Debug, Clone)]
-pub struct RouteConfig {
-    /// The model name clients ask for (`*` matches any).
-    pub name: String,
-    pub targets: Vec<Target>,
-    pub settings: RouteSettings,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct CircuitSettings {
-    pub window: Duration,
-    /// Outcomes needed in the window before the ratio is trusted.
-    pub min_requests: u32,
-    pub failure_ratio: f64,
-    /// How long an open circuit refuses before one probe is let through.
-    pub open_for: Duration,
-}
-
-/// US dollars per million tokens.
-#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Price {
-    pub input_per_mtok: f64,
-    pub output_per_mtok: f64,
-}
-
-#[derive(Debug, Clone)]
-pub struct GatewayConfig {
-    pub providers: BTreeMap<String, ProviderConfig>,
-    pub routes: BTreeMap<String, RouteConfig>,
-    /// Settings of routes made on the fly (`provider/model` names, env default routes).
-    pub defaults: RouteSettings,
-    pub circuit: CircuitSettings,
-    /// By `provider/model`.
-    pub prices: HashMap<String, Price>,
-}
-
-// ---- The TOML shape, before validation. ----
-
-#[derive(Debug, Default, Deserialize)]
-struct FileRoot {
-    #[serde(default)]
-    gateway: Option<RawGateway>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawGateway {
-    #[serde(flatten)]
-    defaults: RawSettings,
-    #[serde(default)]
-    circuit: RawCircuit,
-    #[serde(default)]
-    providers: BTreeMap<String, RawProvider>,
-    #[serde(default)]
-    routes: BTreeMap<String, RawRoute>,
-    #[serde(default)]
-    prices: HashMap<String, Price>,
-}
-
-#[derive(Debug, Default, Clone, Deserialize)]
-struct RawSettings {
-    connect_timeout_ms: Option<u64>,
-    first_byte_timeout_ms: Option<u64>,
-    total_timeout_ms: Option<u64>,
-    max_attempts: Option<u32>,
-    backoff_base_ms: Option<u64>,
-    backoff_max_ms: Option<u64>,
-    max_retry_after_ms: Option<u64>,
-    degraded_message: Option<String>,
-    degraded_status: Option<u16>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawCircuit {
-    window_ms: Option<u64>,
-    min_requests: Option<u32>,
-    failure_ratio: Option<f64>,
-    open_ms: Option<u64>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawProvider {
-    kind: String,
-    base_url: Option<String>,
-    api_key_env: Option<String>,
-    max_concurrency: Option<usize>,
-    queue_timeout_ms: Option<u64>,
-    stream_usage: Option<bool>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawRoute {
-    targets: Vec<String>,
-    #[serde(flatten)]
-    settings: RawSettings,
-}
+use super::file::{ms, FileRoot, RawGateway};
+use super::{
+    invalid, CircuitSettings, ConfigError, GatewayConfig, ProviderConfig, ProviderKind,
+    RouteConfig, Target,
+};
 
 const OPENAI_DEFAULT_URL: &str = "https://api.openai.com/v1";
 const ANTHROPIC_DEFAULT_URL: &str = "https://api.anthropic.com";
-
-fn ms(key: &str, v: Option<u64>, default: u64) -> Result<Duration, ConfigError> {
-    match v.unwrap_or(default) {
-        0 => Err(invalid(key, "must be a positive number of milliseconds")),
-        n => Ok(Duration::from_millis(n)),
-    }
-}
-
-impl RawSettings {
-    /// These settings, with every unset key taken from `base`.
-    fn over(&self, base: &RawSettings) -> RawSettings {
-        macro_rules! pick {
-            ($($f:ident),*) => { RawSettings { $($f: self.$f.clone().or_else(|| base.$f.clone())),* } };
-        }
-        pick!(
-            connect_timeout_ms,
-            first_byte_timeout_ms,
-            total_timeout_ms,
-            max_attempts,
-            backoff_base_ms,
-            backoff_max_ms,
-            max_retry_after_ms,
-            degraded_message,
-            degraded_status
-        )
-    }
-
-    fn validate(&self, at: &str) -> Result<RouteSettings, ConfigError> {
-        let key = |k: &str| format!("{at}.{k}");
-        let timeouts = Timeouts {
-            connect: ms(&key("connect_timeout_ms"), self.connect_timeout_ms, 2_000)?,
-            first_byte: ms(
-                &key("first_byte_timeout_ms"),
-                self.first_byte_timeout_ms,
-                60_000,
-            )?,
-            total: ms(&key("total_timeout_ms"), self.total_timeout_ms, 120_000)?,
-        };
-        let max_attempts = self.max_attempts.unwrap_or(3);
-        if !(1..=20).contains(&max_attempts) {
-            return Err(invalid(key("max_attempts"), "must be between 1 and 20"));
-        }
-        let retry = RetrySettings {
-            max_attempts,
-            backoff_base: ms(&key("backoff_base_ms"), self.backoff_base_ms, 200)?,
-            backoff_max: ms(&key("backoff_max_ms"), self.backoff_max_ms, 10_000)?,
-            max_retry_after: ms(&key("max_retry_after_ms"), self.max_retry_after_ms, 30_000)?,
-        };
-        if retry.backoff_max < retry.backoff_base {
-            return Err(invalid(
-                key("backoff_max_ms"),
-                "must be at least backoff_base_ms",
-            ));
-        }
-        let status = self.degraded_status.unwrap_or(200);
-        if status != 200 && status != 503 {
-            return Err(invalid(key("degraded_status"), "must be 200 or 503"));
-        }
-        let message = self.degraded_message.clone().unwrap_or_else(|| {
-            "The assistant is temporarily unavailable. Please try again in a moment.".into()
-        });
-        Ok(RouteSettings {
-            timeouts,
-            retry,
-            degraded: DegradedSettings { message, status },
-        })
-    }
-}
 
 fn parse_kind(key: &str, kind: &str) -> Result<ProviderKind, ConfigError> {
     match kind {
@@ -321,10 +57,7 @@ fn parse_target(
             format!("unknown provider '{provider}'; known: {known:?}"),
         ));
     }
-    Ok(Target {
-        provider: provider.to_string(),
-        model,
-    })
+    Ok(Target::configured(provider, model.as_deref()))
 }
 
 impl GatewayConfig {
@@ -371,6 +104,16 @@ impl GatewayConfig {
                 })?),
                 None => key_var.and_then(env_get),
             };
+            if let Some(bad) = p
+                .models
+                .iter()
+                .find(|m| m.is_empty() || m.contains(char::is_whitespace))
+            {
+                return Err(invalid(
+                    format!("{at}.models"),
+                    format!("model names must be non-empty, without spaces (got {bad:?})"),
+                ));
+            }
             let max_concurrency = p.max_concurrency.unwrap_or(256);
             if max_concurrency == 0 {
                 return Err(invalid(
@@ -388,6 +131,8 @@ impl GatewayConfig {
                     max_concurrency,
                     queue_timeout: ms(&format!("{at}.queue_timeout_ms"), p.queue_timeout_ms, 250)?,
                     stream_usage: p.stream_usage.unwrap_or(true),
+                    models: p.models.clone(),
+                    allow_any_model: p.allow_any_model.unwrap_or(false),
                 },
             );
         }
@@ -428,6 +173,10 @@ impl GatewayConfig {
                     max_concurrency: 256,
                     queue_timeout: Duration::from_millis(250),
                     stream_usage: true,
+                    models: Vec::new(),
+                    // Set up from the environment alone, a provider forwards whatever a
+                    // client names (through `*` too), keyed by the provider.
+                    allow_any_model: true,
                 },
             );
             env_only.push(name);
@@ -466,10 +215,7 @@ impl GatewayConfig {
                     "*".into(),
                     RouteConfig {
                         name: "*".into(),
-                        targets: vec![Target {
-                            provider: first.to_string(),
-                            model: None,
-                        }],
+                        targets: vec![Target::configured(first, None)],
                         settings: defaults.clone(),
                     },
                 );
@@ -505,27 +251,6 @@ impl GatewayConfig {
             prices: raw.prices,
         })
     }
-
-    /// The route for a client's model name: a configured route, else `provider/model` for a
-    /// known provider, else the `*` route.
-    pub fn resolve(&self, model: &str) -> Option<RouteConfig> {
-        if let Some(route) = self.routes.get(model) {
-            return Some(route.clone());
-        }
-        if let Some((provider, upstream)) = model.split_once('/') {
-            if self.providers.contains_key(provider) && !upstream.is_empty() {
-                return Some(RouteConfig {
-                    name: format!("{provider}/*"),
-                    targets: vec![Target {
-                        provider: provider.to_string(),
-                        model: Some(upstream.to_string()),
-                    }],
-                    settings: self.defaults.clone(),
-                });
-            }
-        }
-        self.routes.get("*").cloned()
-    }
 }
 
 #[cfg(test)]
@@ -552,6 +277,12 @@ max_attempts = 2
 kind = "openai-compatible"
 base_url = "http://127.0.0.1:9000/v1/"
 max_concurrency = 4
+models = ["qwen"]
+
+[gateway.providers.open]
+kind = "openai-compatible"
+base_url = "http://127.0.0.1:9001/v1"
+allow_any_model = true
 
 [gateway.routes.chat]
 targets = ["local/llama", "openai/gpt-4o-mini", "local"]
@@ -580,6 +311,54 @@ output_per_mtok = 0.6
             Some("qwen")
         );
         assert!(c.prices.contains_key("openai/gpt-4o-mini"));
+    }
+
+    #[test]
+    fn direct_provider_routes_reach_listed_models_or_any_where_allowed() {
+        let c = GatewayConfig::from_parts(Some(FILE), &env(&[("OPENAI_API_KEY", "k")])).unwrap();
+        // Listed: its own key. Not listed, and the provider does not forward any: only the
+        // env provider's `*` route takes it, under the client's name.
+        assert_eq!(
+            c.resolve("local/qwen").unwrap().targets[0].key(),
+            "local/qwen"
+        );
+        assert_eq!(c.resolve("local/llama3").unwrap().name, "*");
+        let only_file = "[gateway.providers.local]\nkind = \"openai\"\nbase_url = \"http://x:1\"\nmodels = [\"qwen\"]";
+        let c2 = GatewayConfig::from_parts(Some(only_file), &env(&[])).unwrap();
+        assert!(c2.resolve("local/qwen").is_some());
+        assert!(c2.resolve("local/llama3").is_none());
+        assert!(c2.resolve("nobody/qwen").is_none());
+        assert!(c2.resolve("qwen").is_none());
+        // Any model: asked for by name, keyed by the provider.
+        let route = c.resolve("open/whatever-1").unwrap();
+        assert_eq!(route.targets[0].model.as_deref(), Some("whatever-1"));
+        assert_eq!(route.targets[0].key(), "open/*");
+        assert_eq!(route.name, "open/*");
+        assert_eq!(route.targets[0].model_label(), "*");
+        // Configured route targets keep their names; a bare provider passes the model through.
+        let chat = &c.routes["chat"];
+        let keys: Vec<&str> = chat.targets.iter().map(|t| t.key()).collect();
+        assert_eq!(keys, ["local/llama", "openai/gpt-4o-mini", "local/*"]);
+        let all = c.target_keys();
+        for key in [
+            "local/llama",
+            "local/qwen",
+            "local/*",
+            "open/*",
+            "openai/gpt-4o-mini",
+        ] {
+            assert!(all.contains(key), "{key} missing from {all:?}");
+        }
+    }
+
+    #[test]
+    fn the_env_default_route_forwards_any_name_keyed_by_the_provider() {
+        let c = GatewayConfig::from_parts(None, &env(&[("OPENAI_API_KEY", "k")])).unwrap();
+        let any = c.resolve("gpt-4o").unwrap();
+        assert_eq!((any.name.as_str(), any.targets[0].key()), ("*", "openai/*"));
+        let direct = c.resolve("openai/gpt-4o").unwrap();
+        assert_eq!(direct.targets[0].key(), "openai/*");
+        assert_eq!(direct.targets[0].model.as_deref(), Some("gpt-4o"));
     }
 
     #[test]
