@@ -5,7 +5,8 @@
 #
 # Usage: bench/gateway/run.sh    (builds keel and the load tools in release mode first)
 # Keel runs whole (all middleware, logging at info to a file, the sentiment model loaded);
-# the upstream and the open-loop load generator are keel-gateway's examples.
+# the upstream is keel-http's example bench_upstream, the open-loop load generator
+# keel-gateway's example bench_load.
 # Env:   RUN_SECONDS (default 5), RATES (default "1000 5000"), LOG_LEVEL (default info)
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
@@ -15,7 +16,8 @@ RUN_SECONDS=${RUN_SECONDS:-5}
 RATES=${RATES:-"1000 5000"}
 
 (cd "$ROOT" && CARGO_TARGET_DIR=$TARGET cargo build --release -q --bin keel \
-  && CARGO_TARGET_DIR=$TARGET cargo build --release -q -p keel-gateway --examples)
+  && CARGO_TARGET_DIR=$TARGET cargo build --release -q -p keel-gateway --example bench_load \
+  && CARGO_TARGET_DIR=$TARGET cargo build --release -q -p keel-http --example bench_upstream)
 
 WORK=$(mktemp -d)
 PIDS=()

@@ -25,6 +25,15 @@ impl Cooldowns {
         }
     }
 
+    /// How many targets have a hold recorded (expired ones are dropped when next read).
+    pub fn len(&self) -> usize {
+        self.until.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
     /// How long `key` must still wait; None when it may be called now.
     pub fn remaining(&self, key: &str) -> Option<Duration> {
         let now = Instant::now();

@@ -1,12 +1,15 @@
 //! The gateway's long-lived state: one adapter, HTTP client and concurrency limiter per
 //! provider, and the per-target circuit breakers and cooldowns that every request shares.
+//!
+//! Breakers exist only for the targets the configuration can reach ([`Target::key`]): they
+//! are all made here, once, so no client's model name can add one.
 
 use std::collections::{BTreeSet, HashMap};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::circuit::CircuitBreaker;
-use crate::config::GatewayConfig;
+use crate::config::{GatewayConfig, Target};
 use crate::cooldown::Cooldowns;
 use crate::limiter::ConcurrencyLimiter;
 use crate::metrics::names;
@@ -38,7 +41,8 @@ pub struct Gateway {
     pub(crate) config: GatewayConfig,
     pub(crate) providers: HashMap<String, ProviderHandle>,
     pub(crate) cooldowns: Cooldowns,
-    circuits: Mutex<HashMap<String, Arc<CircuitBreaker>>>,
+    /// By target key; fixed at start.
+    circuits: HashMap<String, Arc<CircuitBreaker>>,
 }
 
 impl Gateway {
@@ -84,11 +88,16 @@ impl Gateway {
                 },
             );
         }
+        let circuits = config
+            .target_keys()
+            .into_iter()
+            .map(|key| (key, Arc::new(CircuitBreaker::new(config.circuit.clone()))))
+            .collect();
         Ok(Self {
             config,
             providers,
             cooldowns: Cooldowns::default(),
-            circuits: Mutex::new(HashMap::new()),
+            circuits,
         })
     }
 
@@ -96,18 +105,22 @@ impl Gateway {
         &self.config
     }
 
-    /// The breaker of a target (`provider/model`), made on first use.
+    /// The breaker of a target key. Every key a route can reach has one from the start; an
+    /// unknown key (none should reach here) gets a breaker of its own that nothing keeps.
     pub fn circuit(&self, key: &str) -> Arc<CircuitBreaker> {
-        let mut map = self.circuits.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(cb) = map.get(key) {
-            return cb.clone();
-        }
-        let cb = Arc::new(CircuitBreaker::new(self.config.circuit.clone()));
-        map.insert(key.to_string(), cb.clone());
-        cb
+        self.circuits.get(key).cloned().unwrap_or_else(|| {
+            debug_assert!(false, "no circuit for target {key}");
+            Arc::new(CircuitBreaker::new(self.config.circuit.clone()))
+        })
     }
 
-    pub(crate) fn report_circuit(&self, key: &str, state: crate::circuit::CircuitState) {
-        metrics::gauge!(names::CIRCUIT_STATE, "target" => key.to_string()).set(state.gauge());
+    /// How many breakers and cooldowns the gateway holds (bounded by the configuration).
+    pub fn state_sizes(&self) -> (usize, usize) {
+        (self.circuits.len(), self.cooldowns.len())
+    }
+
+    pub(crate) fn report_circuit(&self, target: &Target, state: crate::circuit::CircuitState) {
+        metrics::gauge!(names::CIRCUIT_STATE, "target" => target.key().to_string())
+            .set(state.gauge());
     }
 }

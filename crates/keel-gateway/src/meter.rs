@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::config::Price;
+use crate::config::{Price, Target};
 use crate::metrics::names;
 use crate::provider::Usage;
 
@@ -16,7 +16,10 @@ pub struct RequestRecord {
     pub started: Instant,
     /// The target that answered, or the last one tried.
     pub provider: String,
+    /// The model asked of the upstream (logged; may be any name a client chose).
     pub model: String,
+    /// The target's bounded `model` label for metrics (configured, or `*`).
+    pub model_label: String,
     pub attempts: u32,
     pub rate_limited: u32,
     pub retry_after_wait: Duration,
@@ -39,6 +42,7 @@ impl RequestRecord {
             started: Instant::now(),
             provider: String::new(),
             model: String::new(),
+            model_label: String::new(),
             attempts: 0,
             rate_limited: 0,
             retry_after_wait: Duration::ZERO,
@@ -50,6 +54,20 @@ impl RequestRecord {
             charge: None,
             finished: false,
         }
+    }
+
+    /// A record that has already been accounted for: it logs and meters nothing.
+    pub fn finished() -> Self {
+        let mut r = Self::new("", "", false);
+        r.finished = true;
+        r
+    }
+
+    /// The request moves on to `target`, asking it for `model`.
+    pub fn at_target(&mut self, target: &Target, model: &str) {
+        self.provider.clone_from(&target.provider);
+        self.model = model.to_string();
+        self.model_label = target.model_label().to_string();
     }
 
     pub fn cost_usd(&self) -> Option<f64> {
@@ -110,7 +128,7 @@ impl RequestRecord {
         }
         let labels = [
             ("provider", self.provider.clone()),
-            ("model", self.model.clone()),
+            ("model", self.model_label.clone()),
         ];
         if let Some(d) = self.upstream_latency {
             metrics::histogram!(names::UPSTREAM_DURATION, &labels).record(d.as_secs_f64());

@@ -1,7 +1,8 @@
-//! The fallback loop: a request walks its route's targets in order. On each target it passes
-//! the circuit breaker, waits out any cooldown that fits its deadline, takes a concurrency
-//! slot, and retries retryable failures with backoff; when a target gives up, the next one
-//! is tried. When every target has failed, the route's degraded answer is given.
+//! The fallback loop: a request walks its route's targets in order. On each target
+//! ([`Gateway::try_target`]) it passes the circuit breaker, waits out any cooldown that fits
+//! its deadline, takes a concurrency slot, and retries retryable failures with backoff; when
+//! a target gives up, the next one is tried. When every target has failed, the route's
+//! degraded answer is given.
 //!
 //! Everything runs inside the request's own future: when the client leaves, the future is
 //! dropped, and with it every pending wait and retry.
@@ -13,19 +14,22 @@ use reqwest::header::HeaderValue;
 use serde_json::Value;
 
 use crate::circuit::Admitted;
-use crate::config::{DegradedSettings, Target};
+use crate::config::{RouteSettings, Target};
+use crate::degraded::Degraded;
 use crate::gateway::Gateway;
 use crate::meter::RequestRecord;
 use crate::metrics::names;
 use crate::provider::{ChatRequest, UpstreamError};
 use crate::retry::{Decision, RetryPolicy};
 use crate::stream::{client_stream, ClientStream};
-use crate::upstream::{Attempt, AttemptResult};
+use crate::upstream::{Attempt, AttemptResult, Failure};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ChatError {
-    #[error("no route serves model '{0}'")]
+    /// No route serves the name: OpenAI's 404 `model_not_found`.
+    #[error("the model '{0}' does not exist or is not served here")]
     NoRoute(String),
+    /// No target of the route can take the request's shape: a 422.
     #[error("{0}")]
     Untranslatable(String),
 }
@@ -36,15 +40,6 @@ pub struct Served {
     pub provider: String,
     pub model: String,
     pub attempts: u32,
-}
-
-pub struct Degraded {
-    pub settings: DegradedSettings,
-    pub reason: String,
-    pub model: String,
-    pub stream: bool,
-    /// When the first target may be called again, if a provider said so.
-    pub retry_after: Option<Duration>,
 }
 
 pub enum Answer {
@@ -65,6 +60,37 @@ pub enum Answer {
     Degraded(Degraded),
 }
 
+/// What one request carries from target to target.
+struct Walk<'a> {
+    chat: &'a ChatRequest,
+    request_id: &'a HeaderValue,
+    settings: &'a RouteSettings,
+    policy: RetryPolicy,
+    deadline: Instant,
+    record: RequestRecord,
+    /// Why each target gave up, for the degraded answer and its log line.
+    reasons: Vec<String>,
+    untranslatable: Vec<String>,
+}
+
+impl Walk<'_> {
+    fn left(&self) -> Duration {
+        self.deadline.saturating_duration_since(Instant::now())
+    }
+
+    fn give_up(&mut self, target: &Target, why: String, reason: &'static str) {
+        self.reasons.push(format!("{}: {why}", target.key()));
+        self.record.fallback(reason);
+    }
+}
+
+/// How one target ended.
+enum TargetOutcome {
+    Answered(Answer),
+    /// Try the next target.
+    GaveUp,
+}
+
 impl Gateway {
     pub async fn chat(
         &self,
@@ -76,178 +102,34 @@ impl Gateway {
             .config
             .resolve(&chat.model)
             .ok_or_else(|| ChatError::NoRoute(chat.model.clone()))?;
-        let settings = &route.settings;
-        let deadline = Instant::now() + settings.timeouts.total;
-        let policy = RetryPolicy::new(settings.retry.clone());
         let mut record = RequestRecord::new(
             &route.name,
             request_id.to_str().unwrap_or_default(),
             chat.stream,
         );
         record.charge = charge;
-        let mut reasons: Vec<String> = Vec::new();
-        let mut untranslatable = Vec::new();
-
+        let mut walk = Walk {
+            chat: &chat,
+            request_id: &request_id,
+            settings: &route.settings,
+            policy: RetryPolicy::new(route.settings.retry.clone()),
+            deadline: Instant::now() + route.settings.timeouts.total,
+            record,
+            reasons: Vec::new(),
+            untranslatable: Vec::new(),
+        };
         for target in &route.targets {
-            let model = target.model.clone().unwrap_or_else(|| chat.model.clone());
-            let key = format!("{}/{}", target.provider, model);
-            let Some(handle) = self.providers.get(&target.provider) else {
-                continue;
-            };
-            let body = match handle.provider.body(&chat, &model) {
-                Ok(b) => Bytes::from(b),
-                Err(e) => {
-                    untranslatable.push(format!("{key}: {e}"));
-                    record.fallback("untranslatable");
-                    continue;
-                }
-            };
-            record.provider = target.provider.clone();
-            record.model = model.clone();
-            record.price = self.config.prices.get(&key).copied();
-            let breaker = self.circuit(&key);
-            let mut attempts_here = 0;
-            loop {
-                let Some(admitted) = Admitted::new(breaker.clone()) else {
-                    reasons.push(format!("{key}: circuit open"));
-                    record.fallback("circuit_open");
-                    break;
-                };
-                if let Some(wait) = self.cooldowns.remaining(&key) {
-                    let left = deadline.saturating_duration_since(Instant::now());
-                    if wait > settings.retry.max_retry_after || wait >= left {
-                        reasons.push(format!("{key}: rate limited for {wait:?} more"));
-                        record.fallback("cooling_down");
-                        break;
-                    }
-                    record.retry_after_wait += wait;
-                    tokio::time::sleep(wait).await;
-                }
-                let left = deadline.saturating_duration_since(Instant::now());
-                let Some(permit) = handle.limiter.acquire(left).await else {
-                    reasons.push(format!("{key}: provider at its concurrency limit"));
-                    record.fallback("concurrency_limit");
-                    break;
-                };
-                attempts_here += 1;
-                record.attempts += 1;
-                let sent = Instant::now();
-                let attempt = Attempt {
-                    client: handle.client(settings.timeouts.connect),
-                    provider: handle.provider.as_ref(),
-                    chat: &chat,
-                    body: body.clone(),
-                    request_id: &request_id,
-                    first_byte: settings.timeouts.first_byte,
-                    deadline,
-                };
-                let result = attempt.run().await;
-                let served = || Served {
-                    provider: target.provider.clone(),
-                    model: model.clone(),
-                    attempts: record.attempts,
-                };
-                match result {
-                    AttemptResult::Complete { answer, usage } => {
-                        log_call(&record.request_id, target, &model, attempts_here, 200, sent);
-                        self.attempt_metric(target, &model, "ok");
-                        self.report_circuit(&key, admitted.record(true));
-                        let served = served();
-                        record.upstream_latency = Some(sent.elapsed());
-                        record.usage = usage;
-                        record.finish("success");
-                        return Ok(Answer::Complete {
-                            body: answer,
-                            served,
-                        });
-                    }
-                    AttemptResult::Streaming {
-                        stream,
-                        first,
-                        done,
-                    } => {
-                        log_call(&record.request_id, target, &model, attempts_here, 200, sent);
-                        self.attempt_metric(target, &model, "ok");
-                        self.report_circuit(&key, admitted.record(true));
-                        let served = served();
-                        record.time_to_first_token = Some(record.started.elapsed());
-                        let body =
-                            client_stream(stream, first, done, permit, record, sent, deadline);
-                        return Ok(Answer::Stream { body, served });
-                    }
-                    AttemptResult::Refused { status, error } => {
-                        log_call(
-                            &record.request_id,
-                            target,
-                            &model,
-                            attempts_here,
-                            status,
-                            sent,
-                        );
-                        self.attempt_metric(target, &model, "client_error");
-                        self.report_circuit(&key, admitted.neutral());
-                        let served = served();
-                        record.upstream_latency = Some(sent.elapsed());
-                        record.finish("upstream_client_error");
-                        return Ok(Answer::Refused {
-                            status,
-                            error,
-                            served,
-                        });
-                    }
-                    AttemptResult::Failed {
-                        failure,
-                        told,
-                        detail,
-                    } => {
-                        drop(permit);
-                        self.attempt_metric(target, &model, failure.label());
-                        let state = if failure.counts_against_circuit() {
-                            admitted.record(false)
-                        } else {
-                            admitted.neutral()
-                        };
-                        self.report_circuit(&key, state);
-                        if failure == crate::upstream::Failure::RateLimited {
-                            record.rate_limited += 1;
-                            metrics::counter!(names::RATE_LIMITED,
-                                "provider" => target.provider.clone(), "model" => model.clone())
-                            .increment(1);
-                        }
-                        if let Some(t) = told {
-                            self.cooldowns.hold(&key, t);
-                        }
-                        tracing::warn!(
-                            target: "keel::gateway",
-                            request_id = %record.request_id,
-                            provider = %target.provider,
-                            model = %model,
-                            attempt = attempts_here,
-                            failure = failure.label(),
-                            retry_after_ms = told.map(|t| t.as_secs_f64() * 1e3),
-                            detail = %detail,
-                            "upstream attempt failed"
-                        );
-                        reasons.push(format!("{key}: {}", failure.label()));
-                        if !failure.retry_same_target() {
-                            record.fallback(failure.label());
-                            break;
-                        }
-                        let left = deadline.saturating_duration_since(Instant::now());
-                        match policy.decide(attempts_here, told, left) {
-                            // A told wait is served by the cooldown at the top of the loop.
-                            Decision::RetryAfter(_) if told.is_some() => {}
-                            Decision::RetryAfter(wait) => tokio::time::sleep(wait).await,
-                            Decision::NextTarget => {
-                                record.fallback(failure.label());
-                                break;
-                            }
-                        }
-                    }
-                }
+            if let TargetOutcome::Answered(answer) = self.try_target(target, &mut walk).await {
+                return Ok(answer);
             }
         }
 
+        let Walk {
+            mut record,
+            mut reasons,
+            untranslatable,
+            ..
+        } = walk;
         if record.attempts == 0 && reasons.is_empty() && !untranslatable.is_empty() {
             record.finish("untranslatable");
             return Err(ChatError::Untranslatable(untranslatable.join("; ")));
@@ -267,12 +149,12 @@ impl Gateway {
         );
         metrics::counter!(names::DEGRADED, "route" => route.name.clone()).increment(1);
         record.finish("degraded");
-        let retry_after = route.targets.first().and_then(|t| {
-            let model = t.model.as_deref().unwrap_or(&chat.model);
-            self.cooldowns.remaining(&format!("{}/{model}", t.provider))
-        });
+        let retry_after = route
+            .targets
+            .first()
+            .and_then(|t| self.cooldowns.remaining(t.key()));
         Ok(Answer::Degraded(Degraded {
-            settings: settings.degraded.clone(),
+            settings: route.settings.degraded.clone(),
             reason,
             model: chat.model,
             stream: chat.stream,
@@ -280,17 +162,184 @@ impl Gateway {
         }))
     }
 
-    fn attempt_metric(&self, target: &Target, model: &str, outcome: &'static str) {
-        metrics::counter!(names::ATTEMPTS,
-            "provider" => target.provider.clone(), "model" => model.to_string(), "outcome" => outcome)
-        .increment(1);
+    /// One target: attempts with retries until it answers or gives up.
+    async fn try_target(&self, target: &Target, walk: &mut Walk<'_>) -> TargetOutcome {
+        let model = target.model.as_deref().unwrap_or(&walk.chat.model);
+        let Some(handle) = self.providers.get(&target.provider) else {
+            return TargetOutcome::GaveUp;
+        };
+        let body = match handle.provider.body(walk.chat, model) {
+            Ok(b) => Bytes::from(b),
+            Err(e) => {
+                walk.untranslatable
+                    .push(format!("{}/{model}: {e}", target.provider));
+                walk.record.fallback("untranslatable");
+                return TargetOutcome::GaveUp;
+            }
+        };
+        walk.record.at_target(target, model);
+        walk.record.price = self
+            .config
+            .prices
+            .get(&format!("{}/{model}", target.provider))
+            .copied();
+        let breaker = self.circuit(target.key());
+        let mut attempts_here = 0;
+        loop {
+            let Some(admitted) = Admitted::new(breaker.clone()) else {
+                walk.give_up(target, "circuit open".into(), "circuit_open");
+                return TargetOutcome::GaveUp;
+            };
+            if let Some(wait) = self.cooldowns.remaining(target.key()) {
+                if wait > walk.settings.retry.max_retry_after || wait >= walk.left() {
+                    let why = format!("rate limited for {wait:?} more");
+                    walk.give_up(target, why, "cooling_down");
+                    return TargetOutcome::GaveUp;
+                }
+                walk.record.retry_after_wait += wait;
+                tokio::time::sleep(wait).await;
+            }
+            let Some(permit) = handle.limiter.acquire(walk.left()).await else {
+                let why = "provider at its concurrency limit".into();
+                walk.give_up(target, why, "concurrency_limit");
+                return TargetOutcome::GaveUp;
+            };
+            attempts_here += 1;
+            walk.record.attempts += 1;
+            let sent = Instant::now();
+            let result = Attempt {
+                client: handle.client(walk.settings.timeouts.connect),
+                provider: handle.provider.as_ref(),
+                chat: walk.chat,
+                body: body.clone(),
+                request_id: walk.request_id,
+                first_byte: walk.settings.timeouts.first_byte,
+                deadline: walk.deadline,
+            }
+            .run()
+            .await;
+            let served = Served {
+                provider: target.provider.clone(),
+                model: model.to_string(),
+                attempts: walk.record.attempts,
+            };
+            let record = &mut walk.record;
+            let answered = |outcome: &'static str, status: u16| {
+                log_call(
+                    &record.request_id,
+                    target,
+                    model,
+                    attempts_here,
+                    status,
+                    sent,
+                );
+                attempt_metric(target, outcome);
+            };
+            match result {
+                AttemptResult::Complete { answer, usage } => {
+                    answered("ok", 200);
+                    self.report_circuit(target, admitted.record(true));
+                    record.upstream_latency = Some(sent.elapsed());
+                    record.usage = usage;
+                    record.finish("success");
+                    return TargetOutcome::Answered(Answer::Complete {
+                        body: answer,
+                        served,
+                    });
+                }
+                AttemptResult::Streaming {
+                    stream,
+                    first,
+                    done,
+                } => {
+                    answered("ok", 200);
+                    self.report_circuit(target, admitted.record(true));
+                    record.time_to_first_token = Some(record.started.elapsed());
+                    let record = std::mem::replace(record, RequestRecord::finished());
+                    let body =
+                        client_stream(stream, first, done, permit, record, sent, walk.deadline);
+                    return TargetOutcome::Answered(Answer::Stream { body, served });
+                }
+                AttemptResult::Refused { status, error } => {
+                    answered("client_error", status);
+                    self.report_circuit(target, admitted.neutral());
+                    record.upstream_latency = Some(sent.elapsed());
+                    record.finish("upstream_client_error");
+                    return TargetOutcome::Answered(Answer::Refused {
+                        status,
+                        error,
+                        served,
+                    });
+                }
+                AttemptResult::Failed {
+                    failure,
+                    told,
+                    detail,
+                } => {
+                    drop(permit);
+                    attempt_metric(target, failure.label());
+                    let state = if failure.counts_against_circuit() {
+                        admitted.record(false)
+                    } else {
+                        admitted.neutral()
+                    };
+                    self.report_circuit(target, state);
+                    if failure == Failure::RateLimited {
+                        record.rate_limited += 1;
+                        metrics::counter!(names::RATE_LIMITED,
+                            "provider" => target.provider.clone(),
+                            "model" => target.model_label().to_string())
+                        .increment(1);
+                    }
+                    if let Some(t) = told {
+                        self.cooldowns.hold(target.key(), t);
+                    }
+                    tracing::warn!(
+                        target: "keel::gateway",
+                        request_id = %record.request_id,
+                        provider = %target.provider,
+                        model = %model,
+                        attempt = attempts_here,
+                        failure = failure.label(),
+                        retry_after_ms = told.map(|t| t.as_secs_f64() * 1e3),
+                        detail = %detail,
+                        "upstream attempt failed"
+                    );
+                    if !failure.retry_same_target() {
+                        walk.give_up(target, failure.label().into(), failure.label());
+                        return TargetOutcome::GaveUp;
+                    }
+                    walk.reasons
+                        .push(format!("{}: {}", target.key(), failure.label()));
+                    match walk.policy.decide(attempts_here, told, walk.left()) {
+                        // A told wait is served by the cooldown at the top of the loop.
+                        Decision::RetryAfter(_) if told.is_some() => {}
+                        Decision::RetryAfter(wait) => tokio::time::sleep(wait).await,
+                        Decision::NextTarget => {
+                            walk.record.fallback(failure.label());
+                            return TargetOutcome::GaveUp;
+                        }
+                    }
+                }
+            }
+        }
     }
 }
 
+/// Upstream attempts by target (configured names only) and outcome.
+fn attempt_metric(target: &Target, outcome: &'static str) {
+    metrics::counter!(names::ATTEMPTS,
+        "provider" => target.provider.clone(),
+        "model" => target.model_label().to_string(),
+        "outcome" => outcome)
+    .increment(1);
+}
+
 /// The log line of an upstream call that got an answer (failed calls log a warning instead).
+/// Logs carry the model the client named; only metrics must stay bounded.
 fn log_call(
     request_id: &str,
-    target: &crate::config::Target,
+    target: &Target,
     model: &str,
     attempt: u32,
     status: u16,

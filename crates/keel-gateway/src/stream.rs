@@ -101,7 +101,7 @@ pub fn client_stream(
                         "upstream stream broke after the first byte"
                     );
                     metrics::counter!(names::STREAM_ERRORS,
-                        "provider" => s.record.provider.clone(), "model" => s.record.model.clone())
+                        "provider" => s.record.provider.clone(), "model" => s.record.model_label.clone())
                     .increment(1);
                     error_event(&mut frames, &error.code, &error.message);
                     frames.extend_from_slice(DONE);

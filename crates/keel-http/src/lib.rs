@@ -122,7 +122,7 @@ pub fn router(state: AppState) -> Router {
         })
         .with_state(state);
     let routes = match gateway {
-        Some(gateway) => local.merge(keel_gateway::http::routes(gateway)),
+        Some(gateway) => local.merge(routes::chat::routes(gateway)),
         None => local,
     };
     routes

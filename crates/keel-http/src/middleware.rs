@@ -1,5 +1,5 @@
-//! Cross-cutting request handling as layers: the request id, the one log line per request,
-//! the HTTP metrics, and the total-time header.
+//! Cross-cutting request handling as layers: the request id (decided here, once), the one
+//! log line per request, the HTTP metrics, and the total-time header.
 //!
 //! `observe` wraps the whole router (so 404s are logged too); `record_route` runs only on
 //! matched routes and passes the route template back out, so metrics are labelled by
@@ -22,10 +22,24 @@ pub const INFERENCE_MS: HeaderName = HeaderName::from_static("x-keel-inference-m
 #[derive(Clone)]
 struct RouteTemplate(String);
 
-/// The request id a client sent, if it is a sane one; otherwise a fresh UUID (one rule for
-/// the whole server: the gateway's).
-fn request_id(req: &Request) -> HeaderValue {
-    keel_gateway::http::request_id(req.headers())
+/// The request's id, decided once by [`observe`] and left in the request's extensions for
+/// handlers (the gateway sends it upstream).
+#[derive(Debug, Clone)]
+pub struct RequestId(pub HeaderValue);
+
+/// The id a client sent when it is a sane one (printable ASCII, at most 128 bytes), else a
+/// fresh UUID: the one rule for the whole server.
+pub fn request_id(headers: &axum::http::HeaderMap) -> HeaderValue {
+    headers
+        .get(&REQUEST_ID)
+        .filter(|v| {
+            let b = v.as_bytes();
+            !b.is_empty() && b.len() <= 128 && b.iter().all(|c| c.is_ascii_graphic())
+        })
+        .cloned()
+        .unwrap_or_else(|| {
+            HeaderValue::from_str(&uuid::Uuid::new_v4().to_string()).expect("a UUID is ASCII")
+        })
 }
 
 fn content_length(headers: &axum::http::HeaderMap) -> u64 {
@@ -50,8 +64,9 @@ pub async fn record_route(req: Request, next: Next) -> Response {
 
 pub async fn observe(mut req: Request, next: Next) -> Response {
     let started = Instant::now();
-    let id = request_id(&req);
+    let id = request_id(req.headers());
     req.headers_mut().insert(REQUEST_ID, id.clone());
+    req.extensions_mut().insert(RequestId(id.clone()));
     let method = req.method().to_string();
     let bytes_in = content_length(req.headers());
     let span = tracing::info_span!("request", request_id = %id.to_str().unwrap_or_default());

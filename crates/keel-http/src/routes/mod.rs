@@ -1,5 +1,6 @@
 //! Route groups, one file each.
 
+pub mod chat;
 pub mod embeddings;
 pub mod health;
 pub mod metrics;

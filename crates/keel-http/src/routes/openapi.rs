@@ -125,18 +125,36 @@ pub fn document(state: &AppState) -> Value {
 /// (model, messages, stream) and relays the rest for the upstream to judge, so the request
 /// schema is OpenAI's outline, and an upstream's own 4xx comes back as it was.
 fn add_chat(doc: &mut Value, gateway: &keel_gateway::GatewayConfig, body_errors: &[&str]) {
-    let routes: Vec<&String> = gateway.routes.keys().filter(|r| *r != "*").collect();
-    let providers: Vec<String> = gateway.providers.keys().map(|p| regex_escape(p)).collect();
-    let model = if gateway.routes.contains_key("*") {
+    // The names a client may use: routes, the models providers list, and any name on a
+    // provider that forwards any model; with a `*` route, any name at all.
+    let mut names: Vec<String> = gateway
+        .routes
+        .keys()
+        .filter(|r| *r != "*")
+        .cloned()
+        .collect();
+    for (name, p) in &gateway.providers {
+        names.extend(p.models.iter().map(|m| format!("{name}/{m}")));
+    }
+    let open: Vec<String> = gateway
+        .providers
+        .iter()
+        .filter(|(_, p)| p.allow_any_model)
+        .map(|(name, _)| regex_escape(name))
+        .collect();
+    let mut choices = Vec::new();
+    if !names.is_empty() {
+        choices.push(json!({"type": "string", "enum": names}));
+    }
+    if !open.is_empty() {
+        choices.push(json!({"type": "string", "pattern": format!("^({})/.+$", open.join("|"))}));
+    }
+    let model = if gateway.routes.contains_key("*") || choices.is_empty() {
         json!({"type": "string", "minLength": 1})
+    } else if choices.len() == 1 {
+        choices.remove(0)
     } else {
-        let direct =
-            json!({"type": "string", "pattern": format!("^({})/.+$", providers.join("|"))});
-        if routes.is_empty() {
-            direct
-        } else {
-            json!({"anyOf": [{"type": "string", "enum": routes}, direct]})
-        }
+        json!({"anyOf": choices})
     };
     let request = json!({"type": "object", "required": ["model", "messages"], "properties": {
         "model": model,
@@ -151,7 +169,9 @@ fn add_chat(doc: &mut Value, gateway: &keel_gateway::GatewayConfig, body_errors:
         "object": {"type": "string", "enum": ["chat.completion"]},
         "choices": {"type": "array", "items": {"type": "object", "required": ["index", "message"]}},
         "degraded": {"type": "boolean"}}});
-    let mut responses = error_responses(body_errors);
+    let mut errors = body_errors.to_vec();
+    errors.push("404");
+    let mut responses = error_responses(&errors);
     responses["200"] = json!({"description": "the answer, or the route's degraded answer", "content": {
         "application/json": {"schema": completion},
         // One event: its data is a JSON chunk, an error object after a cut, or [DONE].
