@@ -37,26 +37,31 @@ failure_ratio = 0.5
 open_ms = 1500
 
 [gateway.providers.fake]
+models = {pool}
 kind = "openai"
 base_url = "{base}/v1"
 api_key_env = "FAKE_KEY"
 
 [gateway.providers.fake_b]
+models = {pool}
 kind = "openai-compatible"
 base_url = "{base}/v1"
 
 [gateway.providers.claude]
+models = {pool}
 kind = "anthropic"
 base_url = "{base}"
 api_key_env = "FAKE_ANTHROPIC_KEY"
 
 [gateway.providers.narrow]
+models = {pool}
 kind = "openai"
 base_url = "{base}/v1"
 max_concurrency = 1
 queue_timeout_ms = 3000
 
 [gateway.providers.narrow_short]
+models = {pool}
 kind = "openai"
 base_url = "{base}/v1"
 max_concurrency = 1
@@ -144,7 +149,7 @@ def start_gateway(fake_server, tmp, extra_env=None, config_text=CONFIG):
     """Starts keel with `config_text` pointed at the fake; returns (process, Gateway)."""
     base = f"http://127.0.0.1:{fake_server.server_address[1]}"
     config = tmp / "keel.toml"
-    config.write_text(config_text.replace("{base}", base))
+    config.write_text(config_text.replace("{base}", base).replace("{pool}", POOL_TOML))
     log_path = tmp / "gateway.log"
     env = {
         "PATH": os.environ.get("PATH", ""),
@@ -209,8 +214,18 @@ def http(gateway):
         yield c
 
 
+# Clients reach `provider/model` only for models the configuration lists (each then has a
+# circuit and cooldown of its own), so the session lists a pool of fresh names and every test
+# takes its own: no test sees another's circuit, cooldown or scripted answers.
+POOL = [f"t{i:03d}-{uuid.uuid4().hex[:6]}" for i in range(300)]
+POOL_TOML = json.dumps(POOL + ["priced"])
+_next_name = iter(POOL)
+
+
 def unique(prefix):
-    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+    """A listed model name no other test uses, on the provider `prefix` starts with."""
+    provider = prefix.split("/", 1)[0]
+    return f"{provider}/{next(_next_name)}"
 
 
 MESSAGES = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hello?"}]

@@ -25,6 +25,7 @@ max_attempts = 1
 kind = "openai"
 base_url = "{base}/v1"
 api_key_env = "FAKE_KEY"
+allow_any_model = true
 
 [gateway.routes.chat]
 targets = ["fake/st-chat"]

@@ -46,10 +46,14 @@ def test_slow_headers_are_cut_off(start_keel):
     assert requests.get(k.url("/health")).status_code == 200
 
 
-def test_slow_body_gets_408(start_keel):
-    k = start_keel({**MODEL, "BODY_READ_TIMEOUT_MS": "500"}).wait_listening()
+@pytest.mark.parametrize("path", ["/predict", "/v1/chat/completions"])
+def test_slow_body_gets_408(start_keel, path):
+    # The gateway's upstream is a closed port: the body never gets that far.
+    gateway = {"OPENAI_API_KEY": "sk-unused", "OPENAI_BASE_URL": "http://127.0.0.1:9/v1"}
+    k = start_keel({**MODEL, **gateway, "BODY_READ_TIMEOUT_MS": "500"}).wait_listening()
     with socket.create_connection(("127.0.0.1", k.port)) as s:
-        s.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"text\":")
+        s.sendall(f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                  "Content-Length: 100\r\n\r\n{\"model\":".encode())
         s.settimeout(10)
         response = s.recv(4096).decode()
     assert response.startswith("HTTP/1.1 408"), response
