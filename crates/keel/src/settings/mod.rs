@@ -2,156 +2,36 @@
 //!
 //! A wrong value stops the process before anything starts, with one line naming the
 //! variable, the value and what is accepted. Nothing else in Keel reads the environment.
+//!
+//! - `vars.rs` declares each variable once (help, default, kind, secrecy, `/info` key);
+//! - `env.rs` reads declared variables and makes the error a bad one gives;
+//! - `models.rs` picks the models to serve; `access.rs` keys, limits, CORS, TLS and the
+//!   closed-by-default gateway rule;
+//! - this file puts them together into `Settings` and its `/info` view.
 
-use std::collections::{HashMap, HashSet};
-use std::fmt;
+mod access;
+mod env;
+mod models;
+mod vars;
+
+#[cfg(test)]
+mod drift;
+
+use std::collections::HashMap;
 use std::net::IpAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use keel_engine::ModelSource;
-use keel_http::server::TlsAcceptor;
-use serde::Deserialize;
 use serde_json::json;
 
-/// Name, default, meaning: the table `--help` prints and the README mirrors.
-pub const SETTINGS: &[(&str, &str, &str)] = &[
-    (
-        "PORT",
-        "8080",
-        "TCP port to listen on (0 picks a free port)",
-    ),
-    ("HOST", "0.0.0.0", "address to listen on"),
-    (
-        "METRICS_PORT",
-        "",
-        "serve /metrics on this port instead of PORT (keeps it off the public listener)",
-    ),
-    (
-        "MODEL_PATH",
-        "",
-        "one model folder to serve (its folder name is its model name)",
-    ),
-    (
-        "MODELS",
-        "",
-        "models to serve as name=path pairs, comma-separated",
-    ),
-    (
-        "KEEL_CONFIG",
-        "",
-        "TOML file with [[models]] entries (name, path); paths relative to the file",
-    ),
-    (
-        "BACKEND",
-        "ort",
-        "inference backend: ort (ONNX Runtime, fastest on CPU) or candle (pure Rust)",
-    ),
-    (
-        "ORT_DYLIB_PATH",
-        "models/onnxruntime/libonnxruntime.so",
-        "ONNX Runtime shared library, loaded at startup (make run fetches it)",
-    ),
-    (
-        "ORT_PRECISION",
-        "fp32",
-        "fp32, or int8 (dynamic per-channel quantization: ~2x faster, cosine ~0.99 to fp32)",
-    ),
-    ("MAX_BATCH_SIZE", "32", "most inputs in one inference batch"),
-    ("MAX_CLIENT_BATCH", "256", "most inputs in one request"),
-    ("MAX_BODY_BYTES", "2097152", "largest request body in bytes"),
-    (
-        "MAX_INPUT_TOKENS",
-        "model's own limit",
-        "lower cap on tokens per input",
-    ),
-    (
-        "TRUNCATE",
-        "true",
-        "truncate inputs past the limit (false: answer 422 instead)",
-    ),
-    (
-        "MAX_QUEUE_REQUESTS",
-        "1024",
-        "requests waiting per model before 429",
-    ),
-    (
-        "MAX_QUEUE_WAIT_MS",
-        "0",
-        "refuse (429) a request whose predicted queue wait is longer; 0: only when it would miss its deadline",
-    ),
-    (
-        "INFERENCE_THREADS",
-        "CPU count",
-        "threads the inference backend uses",
-    ),
-    (
-        "LOG_FORMAT",
-        "json if stdout is not a terminal, else pretty",
-        "json or pretty",
-    ),
-    (
-        "LOG_LEVEL",
-        "info",
-        "error, warn, info, debug, trace, or a tracing filter",
-    ),
-    (
-        "RATE_LIMIT_RPM",
-        "",
-        "requests per minute per API key (all clients together without keys); unset: unlimited",
-    ),
-    (
-        "RATE_LIMIT_TPM",
-        "",
-        "input and output tokens per minute per API key; unset: unlimited",
-    ),
-    (
-        "BUDGET_USD_PER_DAY",
-        "",
-        "upstream spend per API key per day, in US dollars (needs [gateway.prices]); unset: unlimited",
-    ),
-    (
-        "REDIS_URL",
-        "",
-        "share the per-key limits across replicas through this Redis (redis://[:password@]host:port)",
-    ),
-    (
-        "RATE_LIMIT_FAILURE",
-        "open",
-        "when Redis cannot be reached: open (serve unlimited) or closed (503, and /ready 503)",
-    ),
-    (
-        "REDIS_TIMEOUT_MS",
-        "100",
-        "longest wait for Redis on a request before the failure policy applies",
-    ),
-    (
-        "CORS_ALLOW_ORIGINS",
-        "",
-        "browser origins allowed to call the API: * or comma-separated http(s)://host[:port]; unset: none",
-    ),
-    (
-        "KEEL_FAIL_FAST",
-        "false",
-        "exit (status 1) when a model fails to load, instead of reporting it on /ready",
-    ),
-];
-
-/// Served when no model is configured: what `make run` fetches.
-pub const DEFAULT_MODELS: &str =
-    "all-MiniLM-L6-v2=models/all-MiniLM-L6-v2,sentiment-minilm-l6=models/sentiment-minilm-l6";
-
+pub use access::{RateLimits, Tls};
+pub use env::{Problem, SettingError};
 pub use keel_telemetry::logging::LogFormat;
+pub use vars::help_table;
 
-/// The TLS acceptor built from TLS_CERT_PATH and TLS_KEY_PATH (no Debug of its own).
-#[derive(Clone)]
-pub struct Tls(pub TlsAcceptor);
-
-impl fmt::Debug for Tls {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Tls(..)")
-    }
-}
+use env::Env;
+use vars::*;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BackendKind {
@@ -168,6 +48,7 @@ pub struct Settings {
     pub host: IpAddr,
     pub port: u16,
     pub metrics_port: Option<u16>,
+    pub config_file: Option<PathBuf>,
     pub models: Vec<ModelSource>,
     pub max_batch_size: usize,
     pub max_client_batch: usize,
@@ -186,434 +67,21 @@ pub struct Settings {
     pub fail_fast: bool,
     pub otlp_endpoint: Option<String>,
     pub api_keys: keel_http::auth::ApiKeys,
+    pub metrics_require_key: bool,
     pub rate_limits: RateLimits,
     pub cors: keel_http::Cors,
     pub max_connections: usize,
     pub header_read_timeout: Duration,
     pub body_read_timeout: Duration,
     pub tls: Option<Tls>,
+    pub allow_open_gateway: bool,
     pub shutdown_grace: Duration,
     pub shutdown_timeout: Duration,
 }
 
-/// A value that must never be printed: Debug shows only that it is set.
-#[derive(Clone)]
-pub struct Secret(pub String);
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Secret(..)")
-    }
-}
-
-/// Per-key limits: the defaults for every key (overridable per key in KEEL_API_KEYS_FILE)
-/// and where the meters live.
-#[derive(Debug, Clone)]
-pub struct RateLimits {
-    pub defaults: keel_limits::KeyLimits,
-    /// Whether any key has a limit of its own.
-    pub per_key: bool,
-    pub redis_url: Option<Secret>,
-    pub failure: keel_limits::FailurePolicy,
-    pub redis_timeout: Duration,
-}
-
-impl RateLimits {
-    pub fn enabled(&self) -> bool {
-        self.per_key || !self.defaults.is_unlimited()
-    }
-}
-
-/// A setting with a value Keel cannot use.
-#[derive(Debug, PartialEq)]
-pub struct SettingError {
-    pub variable: &'static str,
-    pub value: String,
-    pub accepted: String,
-}
-
-impl fmt::Display for SettingError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "invalid setting {}={:?}: expected {}",
-            self.variable, self.value, self.accepted
-        )
-    }
-}
-
-impl std::error::Error for SettingError {}
-
-struct Env<'a> {
-    vars: &'a HashMap<String, String>,
-}
-
-impl Env<'_> {
-    /// The value, or None when unset or blank (an empty variable means "use the default").
-    fn get(&self, name: &str) -> Option<&str> {
-        self.vars
-            .get(name)
-            .map(|s| s.trim())
-            .filter(|s| !s.is_empty())
-    }
-
-    fn error(&self, variable: &'static str, accepted: impl Into<String>) -> SettingError {
-        SettingError {
-            variable,
-            value: self.vars.get(variable).cloned().unwrap_or_default(),
-            accepted: accepted.into(),
-        }
-    }
-
-    fn parse<T: std::str::FromStr>(
-        &self,
-        name: &'static str,
-        default: T,
-        accepted: &str,
-    ) -> Result<T, SettingError> {
-        match self.get(name) {
-            None => Ok(default),
-            Some(v) => v.parse().map_err(|_| self.error(name, accepted)),
-        }
-    }
-
-    fn count(&self, name: &'static str, default: usize, max: usize) -> Result<usize, SettingError> {
-        let accepted = format!("an integer from 1 to {max}");
-        let n: usize = self.parse(name, default, &accepted)?;
-        if n == 0 || n > max {
-            return Err(self.error(name, accepted));
-        }
-        Ok(n)
-    }
-
-    fn flag(&self, name: &'static str, default: bool) -> Result<bool, SettingError> {
-        match self.get(name).map(str::to_ascii_lowercase).as_deref() {
-            None => Ok(default),
-            Some("true" | "1" | "yes" | "on") => Ok(true),
-            Some("false" | "0" | "no" | "off") => Ok(false),
-            Some(_) => Err(self.error(name, "true or false")),
-        }
-    }
-}
-
-/// Keel's TOML file: `[[models]]` here, and a `[gateway]` table read by keel-gateway.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ConfigFile {
-    #[serde(default)]
-    models: Vec<ConfigModel>,
-    #[allow(dead_code)]
-    gateway: Option<toml::Value>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ConfigModel {
-    name: String,
-    path: PathBuf,
-}
-
-fn valid_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 128
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':' | '/'))
-}
-
-fn check_unique(
-    env: &Env,
-    variable: &'static str,
-    models: &[ModelSource],
-) -> Result<(), SettingError> {
-    let mut seen = HashSet::new();
-    for m in models {
-        if !seen.insert(&m.name) {
-            return Err(env.error(
-                variable,
-                format!("distinct model names (\"{}\" appears twice)", m.name),
-            ));
-        }
-    }
-    Ok(())
-}
-
-fn parse_model_list(
-    env: &Env,
-    variable: &'static str,
-    list: &str,
-) -> Result<Vec<ModelSource>, SettingError> {
-    let accepted = "name=path pairs separated by commas, names of letters, digits and -_.:/";
-    let models = list
-        .split(',')
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .map(|pair| match pair.split_once('=') {
-            Some((name, path)) if valid_name(name.trim()) && !path.trim().is_empty() => {
-                Ok(ModelSource {
-                    name: name.trim().to_string(),
-                    path: PathBuf::from(path.trim()),
-                })
-            }
-            _ => Err(env.error(variable, accepted)),
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    if models.is_empty() {
-        return Err(env.error(variable, accepted));
-    }
-    check_unique(env, variable, &models)?;
-    Ok(models)
-}
-
-/// The models of the TOML file named by KEEL_CONFIG (none if it has no `[[models]]`).
-fn config_file_models(
-    env: &Env,
-    file: &Path,
-    text: &str,
-) -> Result<Vec<ModelSource>, SettingError> {
-    let config: ConfigFile = toml::from_str(text).map_err(|e| {
-        env.error(
-            "KEEL_CONFIG",
-            format!(
-                "a TOML file of [[models]] (name, path) and an optional [gateway] table ({})",
-                e.message()
-            ),
-        )
-    })?;
-    let base = file.parent().unwrap_or(Path::new("."));
-    let models: Vec<ModelSource> = config
-        .models
-        .into_iter()
-        .map(|m| {
-            if !valid_name(&m.name) {
-                return Err(env.error(
-                    "KEEL_CONFIG",
-                    format!(
-                        "model names of letters, digits and -_.:/ (got \"{}\")",
-                        m.name
-                    ),
-                ));
-            }
-            Ok(ModelSource {
-                name: m.name,
-                path: base.join(m.path),
-            })
-        })
-        .collect::<Result<_, _>>()?;
-    check_unique(env, "KEEL_CONFIG", &models)?;
-    Ok(models)
-}
-
-fn models(env: &Env, config: Option<(&Path, &str)>) -> Result<Vec<ModelSource>, SettingError> {
-    let file_models = match config {
-        Some((file, text)) => config_file_models(env, file, text)?,
-        None => Vec::new(),
-    };
-    let mut given: Vec<&'static str> = ["MODEL_PATH", "MODELS"]
-        .into_iter()
-        .filter(|v| env.get(v).is_some())
-        .collect();
-    if !file_models.is_empty() {
-        given.insert(0, "KEEL_CONFIG");
-    }
-    if given.len() > 1 {
-        return Err(env.error(
-            given[1],
-            format!(
-                "only one of MODEL_PATH, MODELS and KEEL_CONFIG's [[models]] (also set: {})",
-                given[0]
-            ),
-        ));
-    }
-    match given.first().copied() {
-        Some("KEEL_CONFIG") => Ok(file_models),
-        Some("MODEL_PATH") => {
-            let path = PathBuf::from(env.get("MODEL_PATH").unwrap_or_default());
-            let name = path
-                .file_name()
-                .and_then(|n| n.to_str())
-                .filter(|n| valid_name(n))
-                .ok_or_else(|| {
-                    env.error("MODEL_PATH", "a folder whose name is a valid model name")
-                })?
-                .to_string();
-            Ok(vec![ModelSource { name, path }])
-        }
-        Some(_) => parse_model_list(env, "MODELS", env.get("MODELS").unwrap_or_default()),
-        None => parse_model_list(env, "MODELS", DEFAULT_MODELS),
-    }
-}
-
-fn api_keys(env: &Env) -> Result<keel_http::auth::ApiKeys, SettingError> {
-    use keel_http::auth::{hash_key, ApiKeys, KeyEntry};
-    let mut entries: Vec<KeyEntry> = env
-        .get("KEEL_API_KEYS")
-        .unwrap_or_default()
-        .split(',')
-        .map(str::trim)
-        .filter(|k| !k.is_empty())
-        .map(|k| KeyEntry::new(hash_key(k), keel_limits::KeyLimits::default()))
-        .collect();
-    if let Some(path) = env.get("KEEL_API_KEYS_FILE") {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| env.error("KEEL_API_KEYS_FILE", format!("a readable file ({e})")))?;
-        for line in text.lines().map(str::trim) {
-            if line.is_empty() || line.starts_with('#') {
-                continue;
-            }
-            entries.push(key_file_line(line).ok_or_else(|| {
-                env.error(
-                    "KEEL_API_KEYS_FILE",
-                    "lines of 64 hex digits (SHA-256 of a key), then optionally a name and \
-                     rpm=N, tpm=N, budget_usd=X",
-                )
-            })?);
-        }
-    }
-    // Never echo keys back: the error names the variable, not its value.
-    Ok(ApiKeys::new(
-        entries,
-        env.flag("METRICS_REQUIRE_KEY", false)?,
-    ))
-}
-
-/// "HASH [name] [rpm=N] [tpm=N] [budget_usd=X]": a key and the limits of its own.
-fn key_file_line(line: &str) -> Option<keel_http::auth::KeyEntry> {
-    let mut words = line.split_whitespace();
-    let hash = keel_http::auth::parse_hash(words.next()?)?;
-    let mut limits = keel_limits::KeyLimits::default();
-    for word in words {
-        match word.split_once('=') {
-            None => continue, // the key's name, for people reading the file
-            Some(("rpm", n)) => {
-                limits.requests_per_minute = Some(n.parse().ok().filter(|n| *n > 0)?)
-            }
-            Some(("tpm", n)) => limits.tokens_per_minute = Some(n.parse().ok().filter(|n| *n > 0)?),
-            Some(("budget_usd", x)) => {
-                limits.budget_usd_per_day =
-                    Some(x.parse().ok().filter(|x: &f64| x.is_finite() && *x > 0.0)?)
-            }
-            Some(_) => return None,
-        }
-    }
-    Some(keel_http::auth::KeyEntry::new(hash, limits))
-}
-
-fn rate_limits(env: &Env, keys: &keel_http::auth::ApiKeys) -> Result<RateLimits, SettingError> {
-    let positive = |name: &'static str| -> Result<Option<u64>, SettingError> {
-        match env.get(name) {
-            None => Ok(None),
-            Some(v) => v
-                .parse::<u64>()
-                .ok()
-                .filter(|n| (1..=1_000_000_000).contains(n))
-                .map(Some)
-                .ok_or_else(|| env.error(name, "an integer from 1 to 1000000000, or unset")),
-        }
-    };
-    let budget = match env.get("BUDGET_USD_PER_DAY") {
-        None => None,
-        Some(v) => Some(
-            v.parse::<f64>()
-                .ok()
-                .filter(|x| x.is_finite() && *x > 0.0 && *x <= 1e9)
-                .ok_or_else(|| {
-                    env.error(
-                        "BUDGET_USD_PER_DAY",
-                        "a positive number of US dollars, or unset",
-                    )
-                })?,
-        ),
-    };
-    // The message never repeats the URL: it may hold a password.
-    let bad_redis_url = |accepted: &str| SettingError {
-        variable: "REDIS_URL",
-        value: "(hidden)".into(),
-        accepted: accepted.into(),
-    };
-    let redis_url = match env.get("REDIS_URL") {
-        None => None,
-        Some(url)
-            if url.starts_with("redis://")
-                || url.starts_with("rediss://")
-                || url.starts_with("unix://") =>
-        {
-            if keel_limits::redis_store::RedisStore::new(url, Duration::from_millis(100)).is_err() {
-                return Err(bad_redis_url("a valid redis:// URL"));
-            }
-            Some(Secret(url.to_string()))
-        }
-        Some(_) => return Err(bad_redis_url("a redis://, rediss:// or unix:// URL")),
-    };
-    Ok(RateLimits {
-        defaults: keel_limits::KeyLimits {
-            requests_per_minute: positive("RATE_LIMIT_RPM")?.map(|n| n as u32),
-            tokens_per_minute: positive("RATE_LIMIT_TPM")?,
-            budget_usd_per_day: budget,
-        },
-        per_key: keys.has_own_limits(),
-        redis_url,
-        failure: match env
-            .get("RATE_LIMIT_FAILURE")
-            .map(str::to_ascii_lowercase)
-            .as_deref()
-        {
-            None | Some("open") => keel_limits::FailurePolicy::Open,
-            Some("closed") => keel_limits::FailurePolicy::Closed,
-            Some(_) => return Err(env.error("RATE_LIMIT_FAILURE", "open or closed")),
-        },
-        redis_timeout: Duration::from_millis(env.count("REDIS_TIMEOUT_MS", 100, 60_000)? as u64),
-    })
-}
-
-fn cors(env: &Env) -> Result<keel_http::Cors, SettingError> {
-    let Some(value) = env.get("CORS_ALLOW_ORIGINS") else {
-        return Ok(keel_http::Cors::Off);
-    };
-    if value == "*" {
-        return Ok(keel_http::Cors::AnyOrigin);
-    }
-    let accepted = "* or comma-separated origins such as https://app.example.com";
-    value
-        .split(',')
-        .map(str::trim)
-        .map(|origin| {
-            // An origin is a scheme and a host, with no path: what browsers send.
-            let host = origin
-                .strip_prefix("https://")
-                .or_else(|| origin.strip_prefix("http://"));
-            match host {
-                Some(h) if !h.is_empty() && !h.contains('/') => {
-                    axum::http::HeaderValue::from_str(origin)
-                        .map_err(|_| env.error("CORS_ALLOW_ORIGINS", accepted))
-                }
-                _ => Err(env.error("CORS_ALLOW_ORIGINS", accepted)),
-            }
-        })
-        .collect::<Result<Vec<_>, _>>()
-        .map(keel_http::Cors::Origins)
-}
-
-fn tls(env: &Env) -> Result<Option<Tls>, SettingError> {
-    match (env.get("TLS_CERT_PATH"), env.get("TLS_KEY_PATH")) {
-        (None, None) => Ok(None),
-        (Some(cert), Some(key)) => keel_http::server::tls_acceptor(Path::new(cert), Path::new(key))
-            .map(|acceptor| Some(Tls(acceptor)))
-            .map_err(|e| {
-                env.error(
-                    "TLS_CERT_PATH",
-                    format!("a PEM certificate chain matching TLS_KEY_PATH ({e})"),
-                )
-            }),
-        (Some(_), None) => Err(env.error(
-            "TLS_KEY_PATH",
-            "a PEM private key path, since TLS_CERT_PATH is set",
-        )),
-        (None, Some(_)) => Err(env.error(
-            "TLS_CERT_PATH",
-            "a PEM certificate path, since TLS_KEY_PATH is set",
-        )),
-    }
+/// A port: the declaration bounds it to 0..=65535.
+fn port(n: u64) -> u16 {
+    u16::try_from(n).unwrap_or(u16::MAX)
 }
 
 impl Settings {
@@ -628,169 +96,126 @@ impl Settings {
         vars: &HashMap<String, String>,
         stdout_is_terminal: bool,
     ) -> Result<Self, SettingError> {
-        let env = Env { vars };
+        let env = Env::new(vars);
         let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let log_format = match env
-            .get("LOG_FORMAT")
-            .map(str::to_ascii_lowercase)
-            .as_deref()
-        {
+        let log_format = match env.choice(&LOG_FORMAT)? {
             None if stdout_is_terminal => LogFormat::Pretty,
-            None => LogFormat::Json,
-            Some("json") => LogFormat::Json,
             Some("pretty") => LogFormat::Pretty,
-            Some(_) => return Err(env.error("LOG_FORMAT", "json or pretty")),
+            _ => LogFormat::Json,
         };
-        let log_level = env.get("LOG_LEVEL").unwrap_or("info").to_string();
+        let log_level = env.text(&LOG_LEVEL).unwrap_or("info").to_string();
         if tracing_subscriber::EnvFilter::try_new(&log_level).is_err() {
             return Err(env.error(
-                "LOG_LEVEL",
+                &LOG_LEVEL,
                 "error, warn, info, debug, trace, or a tracing filter directive",
             ));
         }
-        let max_input_tokens = match env.get("MAX_INPUT_TOKENS") {
-            None => None,
-            Some(_) => Some(env.count("MAX_INPUT_TOKENS", 512, 1_000_000)?),
-        };
-        let config_file = match env.get("KEEL_CONFIG") {
-            None => None,
-            Some(path) => {
-                let file = PathBuf::from(path);
-                let text = std::fs::read_to_string(&file)
-                    .map_err(|e| env.error("KEEL_CONFIG", format!("a readable TOML file ({e})")))?;
-                Some((file, text))
-            }
-        };
-        let backend = match env.get("BACKEND").map(str::to_ascii_lowercase).as_deref() {
-            None | Some("ort") => BackendKind::Ort,
+        let config_file = models::read_config_file(&env)?;
+        let backend = match env.choice(&BACKEND)? {
             Some("candle") => BackendKind::Candle,
-            Some(_) => return Err(env.error("BACKEND", "ort or candle")),
+            _ => BackendKind::Ort,
         };
-        let ort_precision = match env
-            .get("ORT_PRECISION")
-            .map(str::to_ascii_lowercase)
-            .as_deref()
-        {
-            None | Some("fp32") => keel_backend_ort::Precision::Fp32,
+        let ort_precision = match env.choice(&ORT_PRECISION)? {
             Some("int8") => keel_backend_ort::Precision::Int8,
-            Some(_) => return Err(env.error("ORT_PRECISION", "fp32 or int8")),
+            _ => keel_backend_ort::Precision::Fp32,
         };
-        let api_keys = api_keys(&env)?;
-        Ok(Self {
+        let host = env.address(&HOST)?;
+        let api_keys = access::api_keys(&env)?;
+        let gateway = gateway(vars, config_file.as_ref().map(|(_, t)| t.as_str()))?;
+        let settings = Self {
             backend,
-            ort_dylib_path: PathBuf::from(
-                env.get("ORT_DYLIB_PATH")
-                    .unwrap_or("models/onnxruntime/libonnxruntime.so"),
-            ),
+            ort_dylib_path: PathBuf::from(env.text(&ORT_DYLIB_PATH).unwrap_or_default()),
             ort_precision,
-            host: env.parse(
-                "HOST",
-                IpAddr::from([0, 0, 0, 0]),
-                "an IP address such as 0.0.0.0 or 127.0.0.1",
-            )?,
-            port: env.parse("PORT", 8080, "an integer from 0 to 65535")?,
-            metrics_port: match env.get("METRICS_PORT") {
-                None => None,
-                Some(_) => Some(env.parse("METRICS_PORT", 0, "an integer from 0 to 65535")?),
-            },
-            models: models(
+            host,
+            port: port(env.number(&PORT)?),
+            metrics_port: env.optional_number(&METRICS_PORT)?.map(port),
+            models: models::models(
                 &env,
                 config_file.as_ref().map(|(f, t)| (f.as_path(), t.as_str())),
             )?,
-            gateway: keel_gateway::GatewayConfig::from_parts(
-                config_file.as_ref().map(|(_, t)| t.as_str()),
-                vars,
-            )
-            .map_err(|e| SettingError {
-                variable: if config_file.is_some() {
-                    "KEEL_CONFIG"
-                } else {
-                    "OPENAI_BASE_URL/ANTHROPIC_BASE_URL"
-                },
-                value: e.to_string(),
-                accepted: "a valid gateway configuration (see the README's gateway section)".into(),
-            })?,
-            max_batch_size: env.count("MAX_BATCH_SIZE", 32, 4096)?,
-            max_client_batch: env.count("MAX_CLIENT_BATCH", 256, 100_000)?,
-            max_body_bytes: env.count("MAX_BODY_BYTES", 2 * 1024 * 1024, 1 << 30)?,
-            max_input_tokens,
-            truncate: env.flag("TRUNCATE", true)?,
-            max_queue_requests: env.count("MAX_QUEUE_REQUESTS", 1024, 1_000_000)?,
-            max_batch_tokens: env.count("MAX_BATCH_TOKENS", 16384, 1 << 24)?,
-            max_batch_delay: Duration::from_micros(env.parse(
-                "MAX_BATCH_DELAY_US",
-                0,
-                "a whole number of microseconds",
-            )?),
-            max_queue_tokens: env.count("MAX_QUEUE_TOKENS", 131_072, 1 << 30)?,
-            max_queue_wait: match env.parse(
-                "MAX_QUEUE_WAIT_MS",
-                0,
-                "a whole number of milliseconds (0: only the request's deadline bounds the wait)",
-            )? {
-                0 => None,
-                ms => Some(Duration::from_millis(ms)),
-            },
-            request_timeout: Duration::from_millis(env.count(
-                "REQUEST_TIMEOUT_MS",
-                30_000,
-                3_600_000,
-            )? as u64),
-            inference_threads: env.count("INFERENCE_THREADS", cpus, 1024)?,
+            config_file: config_file.map(|(file, _)| file),
+            gateway,
+            max_batch_size: env.count(&MAX_BATCH_SIZE)?,
+            max_client_batch: env.count(&MAX_CLIENT_BATCH)?,
+            max_body_bytes: env.count(&MAX_BODY_BYTES)?,
+            max_input_tokens: env.optional_number(&MAX_INPUT_TOKENS)?.map(|n| n as usize),
+            truncate: env.flag(&TRUNCATE)?,
+            max_queue_requests: env.count(&MAX_QUEUE_REQUESTS)?,
+            max_batch_tokens: env.count(&MAX_BATCH_TOKENS)?,
+            max_batch_delay: Duration::from_micros(env.number(&MAX_BATCH_DELAY_US)?),
+            max_queue_tokens: env.count(&MAX_QUEUE_TOKENS)?,
+            max_queue_wait: Some(env.millis(&MAX_QUEUE_WAIT_MS)?).filter(|d| !d.is_zero()),
+            request_timeout: env.millis(&REQUEST_TIMEOUT_MS)?,
+            inference_threads: env
+                .optional_number(&INFERENCE_THREADS)?
+                .map_or(cpus, |n| n as usize),
             log_format,
             log_level,
-            fail_fast: env.flag("KEEL_FAIL_FAST", false)?,
-            otlp_endpoint: match env.get("OTEL_EXPORTER_OTLP_ENDPOINT") {
+            fail_fast: env.flag(&KEEL_FAIL_FAST)?,
+            otlp_endpoint: match env.text(&OTEL_EXPORTER_OTLP_ENDPOINT) {
                 None => None,
                 Some(url) if url.starts_with("http://") || url.starts_with("https://") => {
                     Some(url.to_string())
                 }
                 Some(_) => {
                     return Err(
-                        env.error("OTEL_EXPORTER_OTLP_ENDPOINT", "an http:// or https:// URL")
+                        env.error(&OTEL_EXPORTER_OTLP_ENDPOINT, "an http:// or https:// URL")
                     )
                 }
             },
-            rate_limits: rate_limits(&env, &api_keys)?,
-            cors: cors(&env)?,
+            rate_limits: access::rate_limits(&env, &api_keys)?,
+            cors: access::cors(&env)?,
             api_keys,
-            max_connections: env.count("MAX_CONNECTIONS", 1024, 1_000_000)?,
-            header_read_timeout: Duration::from_millis(env.count(
-                "HEADER_READ_TIMEOUT_MS",
-                10_000,
-                3_600_000,
-            )? as u64),
-            body_read_timeout: Duration::from_millis(env.count(
-                "BODY_READ_TIMEOUT_MS",
-                30_000,
-                3_600_000,
-            )? as u64),
-            tls: tls(&env)?,
-            shutdown_grace: Duration::from_millis(env.parse(
-                "SHUTDOWN_GRACE_MS",
-                1000,
-                "a whole number of milliseconds",
-            )?),
-            shutdown_timeout: Duration::from_millis(env.parse(
-                "SHUTDOWN_TIMEOUT_MS",
-                30_000,
-                "a whole number of milliseconds",
-            )?),
-        })
+            metrics_require_key: env.flag(&METRICS_REQUIRE_KEY)?,
+            max_connections: env.count(&MAX_CONNECTIONS)?,
+            header_read_timeout: env.millis(&HEADER_READ_TIMEOUT_MS)?,
+            body_read_timeout: env.millis(&BODY_READ_TIMEOUT_MS)?,
+            tls: access::tls(&env)?,
+            allow_open_gateway: env.flag(&KEEL_ALLOW_OPEN_GATEWAY)?,
+            shutdown_grace: env.millis(&SHUTDOWN_GRACE_MS)?,
+            shutdown_timeout: env.millis(&SHUTDOWN_TIMEOUT_MS)?,
+        };
+        // Last, so that a wrong value is reported as such before this rule about several.
+        let providers: Vec<&str> = settings
+            .gateway
+            .providers
+            .keys()
+            .map(String::as_str)
+            .collect();
+        access::check_open_gateway(
+            &providers,
+            &settings.api_keys,
+            settings.host,
+            settings.allow_open_gateway,
+        )?;
+        Ok(settings)
     }
 
-    /// What `/info` shows: every setting, no secrets (Keel has none yet, and model paths
-    /// are not secret).
+    /// What `/info` shows: the values under the keys `vars.rs` declares, no secrets (only
+    /// whether they are set, or how many there are).
     pub fn public_view(&self) -> serde_json::Value {
+        let values = self.shown_values();
+        let view: serde_json::Map<String, serde_json::Value> = ALL
+            .iter()
+            .filter_map(|var| var.show.key())
+            .filter_map(|key| Some((key.to_string(), values.get(key)?.clone())))
+            .collect();
+        serde_json::Value::Object(view)
+    }
+
+    /// Every value `/info` may show, by key; a test checks these keys against the declared.
+    fn shown_values(&self) -> serde_json::Value {
         json!({
             "backend": match self.backend { BackendKind::Ort => "ort", BackendKind::Candle => "candle" },
             "ort_precision": match self.ort_precision {
                 keel_backend_ort::Precision::Fp32 => "fp32",
                 keel_backend_ort::Precision::Int8 => "int8",
             },
+            "ort_dylib_path": self.ort_dylib_path,
             "host": self.host.to_string(),
             "port": self.port,
             "metrics_port": self.metrics_port,
+            "config_file": self.config_file,
             "max_batch_size": self.max_batch_size,
             "max_client_batch": self.max_client_batch,
             "max_body_bytes": self.max_body_bytes,
@@ -809,6 +234,7 @@ impl Settings {
             // The URL may carry credentials; say only whether export is on.
             "otlp_export": self.otlp_endpoint.is_some(),
             "api_keys": self.api_keys.len(),
+            "metrics_require_key": self.metrics_require_key,
             "rate_limit_rpm": self.rate_limits.defaults.requests_per_minute,
             "rate_limit_tpm": self.rate_limits.defaults.tokens_per_minute,
             "budget_usd_per_day": self.rate_limits.defaults.budget_usd_per_day,
@@ -819,6 +245,7 @@ impl Settings {
                 (true, Some(_)) => "redis",
             },
             "rate_limit_failure": self.rate_limits.failure.as_str(),
+            "redis_timeout_ms": self.rate_limits.redis_timeout.as_millis() as u64,
             "cors_allow_origins": match &self.cors {
                 keel_http::Cors::Off => json!(null),
                 keel_http::Cors::AnyOrigin => json!("*"),
@@ -828,27 +255,34 @@ impl Settings {
             "header_read_timeout_ms": self.header_read_timeout.as_millis() as u64,
             "body_read_timeout_ms": self.body_read_timeout.as_millis() as u64,
             "tls": self.tls.is_some(),
+            // Provider names only: their keys are secret.
+            "gateway_providers": self.gateway.providers.keys().collect::<Vec<_>>(),
+            "allow_open_gateway": self.allow_open_gateway,
             "shutdown_grace_ms": self.shutdown_grace.as_millis() as u64,
             "shutdown_timeout_ms": self.shutdown_timeout.as_millis() as u64,
         })
     }
 }
 
-/// The settings table for `--help`.
-pub fn help_table() -> String {
-    let width = SETTINGS.iter().map(|(n, _, _)| n.len()).max().unwrap_or(0);
-    let mut out = String::from("Settings (environment variables):\n");
-    for (name, default, meaning) in SETTINGS {
-        let default = if default.is_empty() { "unset" } else { default };
-        out.push_str(&format!(
-            "  {name:width$}  {meaning} [default: {default}]\n"
-        ));
-    }
-    out.push_str(&format!(
-        "\nWith none of MODEL_PATH, MODELS, KEEL_CONFIG set, Keel serves {DEFAULT_MODELS}.\n\
-         A wrong value exits with status 2 and a line naming the variable."
-    ));
-    out
+/// The gateway's configuration: KEEL_CONFIG's `[gateway]` table and the provider variables
+/// (keel-gateway reads the declared OPENAI_*/ANTHROPIC_* variables, and any variable a
+/// provider's `api_key_env` names, from the map).
+fn gateway(
+    vars: &HashMap<String, String>,
+    toml_text: Option<&str>,
+) -> Result<keel_gateway::GatewayConfig, SettingError> {
+    keel_gateway::GatewayConfig::from_parts(toml_text, vars).map_err(|e| {
+        let message = e.to_string();
+        // The variable the message is about, when it names one; else the file's.
+        let variable = ALL
+            .iter()
+            .find(|v| message.starts_with(&format!("{}:", v.name)))
+            .map_or(KEEL_CONFIG.name, |v| v.name);
+        SettingError {
+            variable,
+            problem: Problem::Gateway(message),
+        }
+    })
 }
 
 #[cfg(test)]
@@ -865,14 +299,22 @@ mod tests {
 
     #[test]
     fn no_debug_print_or_public_view_shows_a_secret() {
-        let s = settings(&[
+        let secrets = [
             ("KEEL_API_KEYS", "sk-client-secret"),
             ("OPENAI_API_KEY", "sk-openai-secret"),
             ("ANTHROPIC_API_KEY", "sk-ant-secret"),
             ("REDIS_URL", "redis://:redis-secret@127.0.0.1:6379"),
-            ("RATE_LIMIT_RPM", "10"),
-        ])
-        .unwrap();
+        ];
+        for var in ALL.iter().filter(|v| v.secret) {
+            assert!(
+                secrets.iter().any(|(name, _)| *name == var.name),
+                "{} is secret: add it to this test",
+                var.name
+            );
+        }
+        let mut pairs = secrets.to_vec();
+        pairs.push(("RATE_LIMIT_RPM", "10"));
+        let s = settings(&pairs).unwrap();
         let shown = format!("{s:?} {:#?} {}", s, s.public_view());
         for secret in [
             "sk-client-secret",
@@ -885,6 +327,44 @@ mod tests {
     }
 
     #[test]
+    fn the_public_view_has_exactly_the_declared_keys() {
+        let s = settings(&[]).unwrap();
+        let declared: std::collections::BTreeSet<&str> =
+            ALL.iter().filter_map(|v| v.show.key()).collect();
+        for view in [s.shown_values(), s.public_view()] {
+            let shown: std::collections::BTreeSet<&str> = view
+                .as_object()
+                .unwrap()
+                .keys()
+                .map(String::as_str)
+                .collect();
+            assert_eq!(shown, declared);
+        }
+    }
+
+    #[test]
+    fn the_public_view_keeps_its_keys_and_values() {
+        let view = settings(&[
+            ("KEEL_API_KEYS", "a,b"),
+            ("MAX_QUEUE_WAIT_MS", "250"),
+            ("CORS_ALLOW_ORIGINS", "*"),
+            ("OPENAI_API_KEY", "sk-x"),
+        ])
+        .unwrap()
+        .public_view();
+        assert_eq!(view["port"], 8080);
+        assert_eq!(view["host"], "0.0.0.0");
+        assert_eq!(view["api_keys"], 2);
+        assert_eq!(view["max_queue_wait_ms"], 250);
+        assert_eq!(view["max_input_tokens"], serde_json::Value::Null);
+        assert_eq!(view["cors_allow_origins"], "*");
+        assert_eq!(view["rate_limit_store"], "off");
+        assert_eq!(view["backend"], "ort");
+        assert_eq!(view["gateway_providers"], json!(["openai"]));
+        assert_eq!(view["request_timeout_ms"], 30_000);
+    }
+
+    #[test]
     fn defaults_serve_the_default_models_on_8080() {
         let s = settings(&[]).unwrap();
         assert_eq!(s.port, 8080);
@@ -893,6 +373,37 @@ mod tests {
         assert_eq!(s.log_format, LogFormat::Json);
         assert!(s.truncate);
         assert_eq!(s.max_input_tokens, None);
+        assert_eq!(s.max_queue_wait, None);
+        assert_eq!(s.request_timeout, Duration::from_secs(30));
+        assert!(s.inference_threads >= 1);
+        assert!(!s.allow_open_gateway);
+        assert!(s.gateway.providers.is_empty());
+    }
+
+    #[test]
+    fn every_choice_option_is_understood() {
+        for var in ALL {
+            if let Kind::Choice { options, .. } = &var.kind {
+                for option in *options {
+                    settings(&[(var.name, option)])
+                        .unwrap_or_else(|e| panic!("{}={option}: {e}", var.name));
+                }
+            }
+        }
+        let s = settings(&[("BACKEND", "candle"), ("ORT_PRECISION", "int8")]).unwrap();
+        assert_eq!(s.backend, BackendKind::Candle);
+        assert_eq!(s.ort_precision, keel_backend_ort::Precision::Int8);
+        assert_eq!(
+            settings(&[("LOG_FORMAT", "pretty")]).unwrap().log_format,
+            LogFormat::Pretty
+        );
+        assert_eq!(
+            settings(&[("RATE_LIMIT_FAILURE", "closed")])
+                .unwrap()
+                .rate_limits
+                .failure,
+            keel_limits::FailurePolicy::Closed
+        );
     }
 
     #[test]
@@ -903,30 +414,43 @@ mod tests {
             e.to_string(),
             "invalid setting PORT=\"80a\": expected an integer from 0 to 65535"
         );
-        assert_eq!(
-            settings(&[("MAX_BATCH_SIZE", "0")]).unwrap_err().variable,
-            "MAX_BATCH_SIZE"
-        );
-        assert_eq!(
-            settings(&[("TRUNCATE", "maybe")]).unwrap_err().variable,
-            "TRUNCATE"
-        );
-        assert_eq!(
-            settings(&[("LOG_FORMAT", "xml")]).unwrap_err().variable,
-            "LOG_FORMAT"
-        );
-        assert_eq!(
-            settings(&[("HOST", "localhost:1")]).unwrap_err().variable,
-            "HOST"
-        );
-        assert_eq!(
-            settings(&[("MODELS", "a=/x,a=/y")]).unwrap_err().variable,
-            "MODELS"
-        );
-        assert_eq!(
-            settings(&[("MODELS", "noequals")]).unwrap_err().variable,
-            "MODELS"
-        );
+        for (variable, value) in [
+            ("MAX_BATCH_SIZE", "0"),
+            ("TRUNCATE", "maybe"),
+            ("LOG_FORMAT", "xml"),
+            ("LOG_LEVEL", "loud["),
+            ("HOST", "localhost:1"),
+            ("MODELS", "a=/x,a=/y"),
+            ("MODELS", "noequals"),
+            ("REQUEST_TIMEOUT_MS", "0"),
+            ("RATE_LIMIT_RPM", "0"),
+            ("BUDGET_USD_PER_DAY", "-1"),
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "collector:4318"),
+            ("CORS_ALLOW_ORIGINS", "https://a.example/path"),
+            ("KEEL_ALLOW_OPEN_GATEWAY", "sure"),
+        ] {
+            assert_eq!(
+                settings(&[(variable, value)]).unwrap_err().variable,
+                variable,
+                "{variable}={value}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_bad_redis_url_is_named_but_not_repeated() {
+        let e = settings(&[("REDIS_URL", "http://:pw-secret@x")]).unwrap_err();
+        assert_eq!(e.variable, "REDIS_URL");
+        assert!(!e.to_string().contains("pw-secret"), "{e}");
+    }
+
+    #[test]
+    fn a_bad_gateway_variable_is_named() {
+        let e =
+            settings(&[("OPENAI_API_KEY", "sk-x"), ("OPENAI_BASE_URL", "not a url")]).unwrap_err();
+        assert_eq!(e.variable, "OPENAI_BASE_URL");
+        assert!(matches!(e.problem, Problem::Gateway(_)));
+        assert!(!e.to_string().contains("sk-x"), "{e}");
     }
 
     #[test]
@@ -950,6 +474,7 @@ mod tests {
         std::fs::write(&file, "[[models]]\nname = \"e\"\npath = \"models/e\"\n").unwrap();
         let s = settings(&[("KEEL_CONFIG", file.to_str().unwrap())]).unwrap();
         assert_eq!(s.models[0].path, dir.join("models/e"));
+        assert_eq!(s.public_view()["config_file"], file.to_str().unwrap());
         std::fs::write(&file, "[[models]]\nname = \"e\"\n").unwrap();
         assert_eq!(
             settings(&[("KEEL_CONFIG", file.to_str().unwrap())])
@@ -960,12 +485,71 @@ mod tests {
         std::fs::remove_dir_all(dir).unwrap();
     }
 
+    // Closed by default: a gateway on a public address needs API keys.
+
     #[test]
-    fn help_lists_every_setting_with_its_default() {
-        let help = help_table();
-        for (name, _, _) in SETTINGS {
-            assert!(help.contains(name), "{name} missing from --help");
+    fn an_open_gateway_on_a_public_address_is_refused() {
+        let e = settings(&[("OPENAI_API_KEY", "sk-owner-secret")]).unwrap_err();
+        assert_eq!(e.variable, "KEEL_API_KEYS");
+        assert!(matches!(e.problem, Problem::Refused(_)));
+        let line = e.to_string();
+        assert!(
+            !line.contains('\n') && !line.contains("sk-owner-secret"),
+            "{line}"
+        );
+        for named in [
+            "KEEL_API_KEYS",
+            "0.0.0.0",
+            "HOST",
+            "KEEL_ALLOW_OPEN_GATEWAY=true",
+        ] {
+            assert!(line.contains(named), "{named} missing from: {line}");
         }
-        assert!(help.contains("[default: 8080]"));
+        // Any public address, and a base URL alone also makes a provider.
+        let e = settings(&[
+            ("ANTHROPIC_BASE_URL", "http://10.0.0.2"),
+            ("HOST", "10.0.0.1"),
+        ]);
+        assert_eq!(e.unwrap_err().variable, "KEEL_API_KEYS");
+    }
+
+    #[test]
+    fn an_open_gateway_starts_with_keys() {
+        settings(&[("OPENAI_API_KEY", "sk-x"), ("KEEL_API_KEYS", "client")]).unwrap();
+        let dir = std::env::temp_dir().join(format!("keel-keyfile-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("keys");
+        std::fs::write(&file, format!("{}\n", "ab".repeat(32))).unwrap();
+        settings(&[
+            ("OPENAI_API_KEY", "sk-x"),
+            ("KEEL_API_KEYS_FILE", file.to_str().unwrap()),
+        ])
+        .unwrap();
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn an_open_gateway_starts_on_loopback() {
+        for host in ["127.0.0.1", "::1"] {
+            let s = settings(&[("OPENAI_API_KEY", "sk-x"), ("HOST", host)]).unwrap();
+            assert!(s.api_keys.is_empty() && !s.gateway.providers.is_empty());
+        }
+    }
+
+    #[test]
+    fn an_open_gateway_starts_when_the_owner_says_so() {
+        let s = settings(&[
+            ("OPENAI_API_KEY", "sk-x"),
+            ("KEEL_ALLOW_OPEN_GATEWAY", "true"),
+        ])
+        .unwrap();
+        assert!(s.allow_open_gateway);
+        assert_eq!(s.public_view()["allow_open_gateway"], true);
+    }
+
+    #[test]
+    fn local_models_stay_open_without_keys() {
+        let s = settings(&[("HOST", "0.0.0.0")]).unwrap();
+        assert!(s.api_keys.is_empty() && s.gateway.providers.is_empty());
     }
 }
