@@ -103,7 +103,7 @@ impl Settings {
             Some("pretty") => LogFormat::Pretty,
             _ => LogFormat::Json,
         };
-        let log_level = env.text(&LOG_LEVEL).unwrap_or("info").to_string();
+        let log_level = env.text(&LOG_LEVEL).unwrap_or_default().to_string();
         if tracing_subscriber::EnvFilter::try_new(&log_level).is_err() {
             return Err(env.error(
                 &LOG_LEVEL,
