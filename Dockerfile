@@ -21,6 +21,8 @@ WORKDIR /app
 COPY --from=build /src/target/release/keel /usr/local/bin/keel
 COPY --from=models /src/models ./models
 USER 10001
+# Listens on 0.0.0.0: with a gateway provider key (OPENAI_API_KEY, ANTHROPIC_API_KEY) set,
+# also set KEEL_API_KEYS, or Keel refuses to start (KEEL_ALLOW_OPEN_GATEWAY=true overrides).
 ENV PORT=8080 LOG_FORMAT=json
 EXPOSE 8080
 STOPSIGNAL SIGTERM

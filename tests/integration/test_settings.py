@@ -1,10 +1,11 @@
 """Settings are validated at startup: a wrong one exits 2 with one line naming it."""
 
+import re
 import subprocess
 
 import pytest
 
-from conftest import keel_bin
+from conftest import ROOT, keel_bin
 
 
 @pytest.mark.parametrize(
@@ -30,14 +31,41 @@ def test_bad_value_exits_2_naming_the_variable(variable, value, accepted):
     assert variable in lines[0] and repr(value).strip("'") in lines[0] and accepted in lines[0], lines[0]
 
 
-def test_help_lists_every_setting_with_its_default():
+def readme_settings_table():
+    """(names, default) for each row of the README's settings table."""
+    section = (ROOT / "README.md").read_text().split("\n## Settings\n", 1)[1]
+    rows = [line for line in section.splitlines() if line.startswith("|")]
+    table = []
+    for row in rows[2:]:
+        if not row.startswith("| `"):
+            break
+        cells = row.split(" | ")
+        table.append((re.findall(r"`([A-Z][A-Z0-9_]+)`", cells[0]), cells[1].strip()))
+    return table
+
+
+def test_help_lists_every_variable_of_the_readme_with_its_default():
     proc = subprocess.run([keel_bin(), "--help"], capture_output=True, text=True, timeout=30)
     assert proc.returncode == 0
-    for name in ["PORT", "HOST", "MODEL_PATH", "MODELS", "KEEL_CONFIG", "MAX_BATCH_SIZE", "MAX_CLIENT_BATCH",
-                 "MAX_BODY_BYTES", "MAX_INPUT_TOKENS", "TRUNCATE", "LOG_FORMAT", "LOG_LEVEL", "KEEL_FAIL_FAST"]:
-        assert name in proc.stdout
-    assert "[default: 8080]" in proc.stdout
+    help_lines = {line.split()[0]: line for line in proc.stdout.splitlines() if line.startswith("  ") and line.split()}
+    table = readme_settings_table()
+    assert len(table) > 30
+    for names, default in table:
+        for name in names:
+            assert name in help_lines, f"{name} is in the README but not in keel --help"
+            assert help_lines[name].endswith(f"[default: {default}]"), help_lines[name]
+    assert "KEEL_ALLOW_OPEN_GATEWAY" in help_lines and "REQUEST_TIMEOUT_MS" in help_lines
     assert "serve" in proc.stdout
+
+
+def test_an_open_gateway_on_a_public_address_refuses_to_start():
+    env = {"OPENAI_API_KEY": "sk-owner-secret", "HOST": "0.0.0.0", "PORT": "0"}
+    proc = subprocess.run([keel_bin(), "serve"], env=env, capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert "KEEL_API_KEYS" in lines[0] and "KEEL_ALLOW_OPEN_GATEWAY" in lines[0], lines[0]
+    assert "sk-owner-secret" not in proc.stderr
 
 
 def test_gateway_settings_are_validated(tmp_path):
