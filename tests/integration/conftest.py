@@ -95,6 +95,17 @@ class Keel:
             time.sleep(0.1)
         raise AssertionError(f"/ready never reported {status}")
 
+    def wait_log(self, predicate, timeout=10):
+        """The first log entry that matches, waiting for the reader thread to collect it (a
+        line is written when the response is, and read a moment later)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            found = next((e for e in list(self.logs) if predicate(e)), None)
+            if found is not None:
+                return found
+            time.sleep(0.02)
+        raise AssertionError("no matching log line within %s s" % timeout)
+
     def stderr_text(self):
         try:
             return self.proc.stderr.read() if self.proc.poll() is not None else ""

@@ -43,7 +43,7 @@ def test_missing_folder_keeps_health_up_and_ready_failed(start_keel, tmp_path):
     # The failed one answers 503, not 500.
     r = requests.post(k.url("/v1/embeddings"), json={"input": "x", "model": "ghost"})
     assert r.status_code in (422, 503), r.text
-    assert any(e.get("message") == "model failed to load" for e in k.logs)
+    k.wait_log(lambda e: e.get("message") == "model failed to load")
 
 
 def test_corrupt_weights_fail_the_model_not_the_process(start_keel, tmp_path):

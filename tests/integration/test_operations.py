@@ -56,11 +56,14 @@ def test_request_id_is_returned_and_logged(keel, url):
         assert float(r.headers[h]) >= 0
     made = requests.get(url("/health")).headers["x-request-id"]
     assert len(made) == 36
-    mine = [e for e in list(keel.logs) if e.get("span", {}).get("request_id") == rid]
-    request_line = next(e for e in mine if e["message"] == "request")
+
+    def mine(message):
+        return lambda e: e.get("span", {}).get("request_id") == rid and e.get("message") == message
+
+    request_line = keel.wait_log(mine("request"))
     assert request_line["method"] == "POST" and request_line["route"] == "/predict"
     assert request_line["status"] == 200 and request_line["latency_ms"] > 0 and request_line["bytes_out"] > 0
-    inference = next(e for e in mine if e["message"] == "inference")
+    inference = keel.wait_log(mine("inference"))
     assert inference["model"] == CLASSIFIER and inference["label"] == "POSITIVE"
     assert inference["input_tokens"] > 2 and inference["input_characters"] == len("a delightful surprise")
     assert "queue_ms" in inference and "compute_ms" in inference and inference["batch_size"] >= 1
@@ -69,7 +72,10 @@ def test_request_id_is_returned_and_logged(keel, url):
 def test_authorization_headers_never_reach_the_logs(keel, url):
     secret = f"sk-{uuid.uuid4().hex}"
     requests.post(url("/predict"), json={"text": "fine"}, headers={"authorization": f"Bearer {secret}", "x-api-key": secret})
-    requests.get(url("/nope"), headers={"authorization": f"Bearer {secret}"})
+    r = requests.get(url("/nope"), headers={"authorization": f"Bearer {secret}"})
+    # Both requests' lines are in before the logs are searched.
+    rid = r.headers["x-request-id"]
+    keel.wait_log(lambda e: e.get("span", {}).get("request_id") == rid and e.get("message") == "request")
     assert all(secret not in str(e) for e in list(keel.logs))
 
 

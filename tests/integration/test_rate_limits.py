@@ -137,7 +137,7 @@ def test_redis_down_fails_closed_then_recovers(start_keel, redis):
     assert r.status_code == 503 and r.json()["error"]["code"] == "rate_limit_unavailable"
     assert r.headers["retry-after"] == "1"
     assert requests.get(keel.url("/health")).status_code == 200
-    assert any(e.get("message") == "rate-limit store (Redis) unreachable" for e in keel.logs)
+    keel.wait_log(lambda e: e.get("message") == "rate-limit store (Redis) unreachable")
     redis.start()
     keel.wait_status("ready", timeout=10)
     assert requests.post(keel.url("/predict"), json={"text": "ok"}).status_code == 200
@@ -155,6 +155,7 @@ def test_redis_down_fails_open_and_says_so(start_keel, redis):
     for _ in range(5):
         r = requests.post(keel.url("/predict"), json={"text": "ok"})
         assert r.status_code == 200 and "x-ratelimit-remaining-requests" not in r.headers
+    keel.wait_log(lambda e: e.get("message") == "rate-limit store (Redis) unreachable")
     warnings = [e for e in keel.logs if e.get("message") == "rate-limit store (Redis) unreachable"]
     assert len(warnings) == 1, "the outage is logged once, not per request"
 
