@@ -6,6 +6,8 @@
     python3 bench/run.py --seconds 2 --concurrency 1,8          # smoke run
     python3 bench/run.py --variant candle --variant ort:BACKEND=ort,ORT_PRECISION=int8
     python3 bench/run.py --render-only         # BENCHMARKS.md from bench/results.json
+    python3 bench/run.py --variant before:KEEL_BENCH_BIN=/tmp/keel-old --variant after:
+                                               # two builds side by side
 
 Each server is started alone (release binary, or uvicorn from .cache/bench-venv), checked,
 warmed up, loaded with wrk at each concurrency for each text length, then stopped. Standard
@@ -699,7 +701,10 @@ def render_overhead(points: list) -> str:
     shapes = {(r["backend"], r["batch"]): r for r in json.loads(BACKEND_JSON.read_text()).get("bench_shapes", [])}
     by = {(p["service"], p["endpoint"], p["text"], p["concurrency"]): p for p in points}
     rows = []
-    for service, backend in [("keel-ort-fp32", "ort fp32"), ("keel-ort-int8", "ort int8")]:
+    services = sorted({p["service"] for p in points
+                       if p["service"] != "reference" and "candle" not in p["service"]})
+    for service in services:
+        backend = "ort int8" if "int8" in service else "ort fp32"
         for text, batch in [("short", "32x18"), ("long", "32x160")]:
             p, shape = by.get((service, "predict", text, 32)), shapes.get((backend, batch))
             if not p or not shape or not p["rps"]:
@@ -1066,6 +1071,18 @@ def main(argv=None) -> int:
             version = ensure_keel(binary, default_bin)
             results["settings"]["keel_bin"] = rel(binary)
             for name, env in variants:
+                # A variant may run another build (KEEL_BENCH_BIN=path), e.g. the previous
+                # commit's release binary, to compare before and after in one run.
+                env = dict(env)
+                other = env.pop("KEEL_BENCH_BIN", None)
+                if other:
+                    other_bin = Path(other).resolve()
+                    out = subprocess.run([str(other_bin), "--version"], capture_output=True,
+                                         text=True, check=True)
+                    srv = keel_server(name, other_bin, {**keel_env, **env})
+                    srv.shown_env["binary"] = rel(other_bin)
+                    servers.append((srv, out.stdout.strip()))
+                    continue
                 srv = keel_server(name, binary, {**keel_env, **env})
                 servers.append((srv, version))
         if args.only != "keel":
