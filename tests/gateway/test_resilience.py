@@ -4,6 +4,7 @@ streams and the degraded answer, against the scripted fake provider."""
 import json
 import threading
 import time
+import uuid
 
 import httpx
 import openai
@@ -18,6 +19,11 @@ def upstream(model):
 
 def times(fake, model):
     return [r["t"] for r in fake.requests(model)]
+
+
+def fresh(prefix):
+    """A name of its own for a request id or a gate (not a model: those come from unique)."""
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
 
 
 def test_429_with_retry_after_seconds_is_waited_out(client, fake, gateway):
@@ -220,7 +226,7 @@ def test_a_stream_that_fails_before_its_first_byte_is_retried(client, fake):
 
 def test_a_cooldown_is_shared_across_requests(client, fake, gateway):
     model = unique("fake/cool")
-    first_id = unique("req-cool")
+    first_id = fresh("req-cool")
     fake.script(upstream(model), {"status": 429, "retry_after": "2"})
     results = []
 
@@ -301,7 +307,7 @@ def test_the_concurrency_limit_queues_briefly(client, fake):
 def test_past_the_queue_timeout_the_next_target_or_degraded(http, fake):
     model = unique("narrow_short/q")
     # The first request holds the provider's only slot until the test lets it answer.
-    gate = unique("gate")
+    gate = fresh("gate")
     fake.script(upstream(model), {"wait_for": gate})
     degraded = []
 
@@ -326,7 +332,7 @@ def test_past_the_queue_timeout_the_next_target_or_degraded(http, fake):
 
 def test_a_client_that_leaves_stops_the_retries(gateway, fake):
     model = unique("fake/gone")
-    request_id = unique("req-gone")
+    request_id = fresh("req-gone")
     fake.script(upstream(model), {"status": 429, "retry_after": "2"})
     with pytest.raises(httpx.ReadTimeout):
         httpx.post(gateway.url + "/v1/chat/completions", timeout=0.5,
