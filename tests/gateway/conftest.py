@@ -116,6 +116,10 @@ class Fake:
     def max_in_flight(self, model):
         return self.state.max_in_flight[model]
 
+    def open(self, gate):
+        """Lets the requests held by a `wait_for` step on this gate answer."""
+        self.state.open(gate)
+
 
 class Gateway:
     def __init__(self, url, log_path):
@@ -131,11 +135,14 @@ class Gateway:
                 pass
         return lines
 
+    def lines(self, message, request_id):
+        return [l for l in self.log_lines()
+                if l.get("message") == message and l.get("request_id") == request_id]
+
     def gateway_log(self, request_id):
         # Keel logs flat JSON lines; tests read the fields under "fields" as the gateway's
         # own example server wrote them.
-        return [dict(l, fields=l) for l in self.log_lines()
-                if l.get("message") == "gateway" and l.get("request_id") == request_id]
+        return [dict(l, fields=l) for l in self.lines("gateway", request_id)]
 
 
 @pytest.fixture(scope="session")
@@ -226,6 +233,19 @@ def unique(prefix):
     """A listed model name no other test uses, on the provider `prefix` starts with."""
     provider = prefix.split("/", 1)[0]
     return f"{provider}/{next(_next_name)}"
+
+
+def wait_until(predicate, timeout=10.0, interval=0.02, what="the condition"):
+    """Polls `predicate` until it returns something truthy, and returns that; fails the test
+    after `timeout` seconds. Tests wait on what they can observe, never on a fixed sleep."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"waited {timeout} s for {what}")
+        time.sleep(interval)
 
 
 MESSAGES = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hello?"}]

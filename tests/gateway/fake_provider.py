@@ -20,9 +20,11 @@ Step keys (all optional):
     text              the answer's text
     chunk_delay       streaming: seconds between events
     hold              seconds to keep the request in flight after answering headers
+    wait_for          a gate's name: hold the request, before anything else, until the gate
+                      is opened (`State.open`, or `POST /_open {"gate": NAME}`); at most 30 s
 
 Every request is logged with its time, path, model, headers and body:
-`GET /_requests?model=m1`; `POST /_reset` clears scripts and the log.
+`GET /_requests?model=m1`; `POST /_reset` clears scripts and the log and opens every gate.
 Run alone: `python fake_provider.py [--port N]` prints `listening on HOST:PORT`.
 Stdlib only.
 """
@@ -46,9 +48,13 @@ class State:
         self.log = []
         self.in_flight = collections.Counter()
         self.max_in_flight = collections.Counter()
+        self.gates = {}
 
     def reset(self):
         with self.lock:
+            for gate in self.gates.values():
+                gate.set()
+            self.gates.clear()
             self.scripts.clear()
             self.log.clear()
             self.in_flight.clear()
@@ -66,6 +72,13 @@ class State:
     def requests(self, model=None):
         with self.lock:
             return [r for r in self.log if model is None or r["model"] == model]
+
+    def gate(self, name):
+        with self.lock:
+            return self.gates.setdefault(name, threading.Event())
+
+    def open(self, name):
+        self.gate(name).set()
 
 
 def openai_completion(model, text):
@@ -167,6 +180,9 @@ class Handler(BaseHTTPRequestHandler):
         if self.path == "/_reset":
             self.state.reset()
             return self._json(200, {"ok": True})
+        if self.path == "/_open":
+            self.state.open(json.loads(raw)["gate"])
+            return self._json(200, {"ok": True})
         if self.path not in ("/v1/chat/completions", "/v1/messages"):
             return self._json(404, {"error": {"message": "not found"}})
         anthropic = self.path == "/v1/messages"
@@ -204,6 +220,8 @@ class Handler(BaseHTTPRequestHandler):
         self.wfile = _Sink()
 
     def _answer(self, anthropic, body, model, step):
+        if "wait_for" in step:
+            self.state.gate(step["wait_for"]).wait(30)
         time.sleep(step.get("delay", 0))
         if step.get("reset"):
             return self._reset_connection()

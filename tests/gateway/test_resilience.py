@@ -4,12 +4,13 @@ streams and the degraded answer, against the scripted fake provider."""
 import json
 import threading
 import time
+import uuid
 
 import httpx
 import openai
 import pytest
 
-from conftest import MESSAGES, unique
+from conftest import MESSAGES, unique, wait_until
 
 
 def upstream(model):
@@ -18,6 +19,11 @@ def upstream(model):
 
 def times(fake, model):
     return [r["t"] for r in fake.requests(model)]
+
+
+def fresh(prefix):
+    """A name of its own for a request id or a gate (not a model: those come from unique)."""
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
 
 
 def test_429_with_retry_after_seconds_is_waited_out(client, fake, gateway):
@@ -218,22 +224,30 @@ def test_a_stream_that_fails_before_its_first_byte_is_retried(client, fake):
     assert len(fake.requests(upstream(model))) == 3
 
 
-def test_a_cooldown_is_shared_across_requests(client, fake):
+def test_a_cooldown_is_shared_across_requests(client, fake, gateway):
     model = unique("fake/cool")
+    first_id = fresh("req-cool")
     fake.script(upstream(model), {"status": 429, "retry_after": "2"})
     results = []
 
     def first():
-        results.append(client.chat.completions.create(model=model, messages=MESSAGES))
+        results.append(client.chat.completions.create(
+            model=model, messages=MESSAGES, extra_headers={"x-request-id": first_id}))
 
     t = threading.Thread(target=first)
     t.start()
-    time.sleep(0.4)
+    # The gateway logs the failed attempt after it has recorded the provider's T.
+    [failed] = wait_until(lambda: gateway.lines("upstream attempt failed", first_id),
+                          what="the gateway to take in the 429")
+    assert failed["failure"] == "rate_limited"
+    second_sent = time.time()
     second = client.chat.completions.create(model=model, messages=MESSAGES)
     t.join(timeout=15)
     assert second.choices[0].message.content and results
     t = times(fake, upstream(model))
     assert len(t) == 3
+    # The second client asked before T, so the cooldown had something to hold back.
+    assert second_sent < t[0] + 1.9
     # Neither the retry nor the second client's request reached the provider before T.
     assert t[1] - t[0] >= 1.9 and t[2] - t[0] >= 1.9
 
@@ -251,10 +265,24 @@ def test_the_circuit_opens_then_a_probe_closes_it(http, fake):
     assert "circuit open" in r.json()["degraded_reason"]
     assert time.monotonic() - started < 0.5
     assert len(fake.requests("cb-model")) == 5
-    time.sleep(1.6)
-    # Half-open: one probe goes through; its success closes the circuit.
-    r = http.post("/v1/chat/completions", json=body)
-    assert r.status_code == 200 and "x-keel-degraded" not in r.headers
+
+    def probe():
+        # Until open_ms (1.5 s) is up every request is refused without calling the provider;
+        # the first one after is the half-open probe.
+        r = http.post("/v1/chat/completions", json=body)
+        if r.headers.get("x-keel-degraded") == "true":
+            assert "circuit open" in r.json()["degraded_reason"]
+            assert len(fake.requests("cb-model")) == 5
+            return None
+        return r
+
+    r = wait_until(probe, interval=0.05, what="the circuit to let a probe through")
+    # The probe's success closes the circuit.
+    assert r.status_code == 200
+    t = times(fake, "cb-model")
+    # The circuit opened after the provider answered the fifth request (logged on arrival),
+    # and stayed open for open_ms.
+    assert len(t) == 6 and t[5] - t[4] >= 1.5, t
     r = http.post("/v1/chat/completions", json=body)
     assert "x-keel-degraded" not in r.headers
     assert len(fake.requests("cb-model")) == 7
@@ -278,28 +306,42 @@ def test_the_concurrency_limit_queues_briefly(client, fake):
 
 def test_past_the_queue_timeout_the_next_target_or_degraded(http, fake):
     model = unique("narrow_short/q")
-    fake.script(upstream(model), {"delay": 0.8})
-    statuses = []
+    # The first request holds the provider's only slot until the test lets it answer.
+    gate = fresh("gate")
+    fake.script(upstream(model), {"wait_for": gate})
+    degraded = []
 
     def send():
         r = http.post("/v1/chat/completions", json={"model": model, "messages": MESSAGES})
-        statuses.append(r.headers.get("x-keel-degraded", "false"))
+        degraded.append(r.headers.get("x-keel-degraded", "false"))
 
-    threads = [threading.Thread(target=send) for _ in range(2)]
-    for t in threads:
-        t.start()
-        time.sleep(0.1)
-    for t in threads:
-        t.join(timeout=15)
-    assert sorted(statuses) == ["false", "true"]
+    first = threading.Thread(target=send)
+    first.start()
+    try:
+        wait_until(lambda: fake.requests(upstream(model)),
+                   what="the first request to reach the provider")
+        # The second waits for the slot past its queue timeout (100 ms): degraded.
+        send()
+        assert degraded == ["true"]
+    finally:
+        fake.open(gate)
+        first.join(timeout=15)
+    assert degraded == ["true", "false"]
     assert len(fake.requests(upstream(model))) == 1
 
 
 def test_a_client_that_leaves_stops_the_retries(gateway, fake):
     model = unique("fake/gone")
+    request_id = fresh("req-gone")
     fake.script(upstream(model), {"status": 429, "retry_after": "2"})
     with pytest.raises(httpx.ReadTimeout):
         httpx.post(gateway.url + "/v1/chat/completions", timeout=0.5,
+                   headers={"x-request-id": request_id},
                    json={"model": model, "messages": MESSAGES})
-    time.sleep(2.5)
+    # A request is logged once, when it ends. Had the gateway kept going after the client
+    # left, it would have retried after T (2 s) and ended "ok"; it ended when the client left,
+    # and with it went every attempt it could still have made.
+    [line] = wait_until(lambda: gateway.gateway_log(request_id),
+                        what="the gateway to log the request's end")
+    assert line["fields"]["outcome"] == "client_disconnected", line
     assert len(fake.requests(upstream(model))) == 1

@@ -8,6 +8,7 @@ their own with `start_keel`.
 import json
 import os
 import pathlib
+import re
 import signal
 import subprocess
 import threading
@@ -151,3 +152,36 @@ def url(keel):
 
 def load_fixture(name):
     return json.loads((FIXTURES / name).read_text())
+
+
+def wait_until(predicate, timeout=30.0, interval=0.05, what="the condition"):
+    """Polls `predicate` until it returns something truthy, and returns that; fails the test
+    after `timeout` seconds. Tests wait on what they can observe, never on a fixed sleep."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"waited {timeout} s for {what}")
+        time.sleep(interval)
+
+
+_SERIES = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})?\s+(\S+)$')
+_LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
+
+
+def metric_value(text, name, **labels):
+    """The value of the series `name{labels}` (exactly those labels) in Prometheus text, or
+    None when it is not there."""
+    for line in text.splitlines():
+        m = _SERIES.match(line)
+        if m and m.group(1) == name and dict(_LABEL.findall(m.group(2) or "")) == labels:
+            return float(m.group(3))
+    return None
+
+
+def inference_in_flight(keel_url, model=CLASSIFIER):
+    """Requests admitted for `model` and not yet answered (queued or running)."""
+    text = requests.get(keel_url("/metrics"), timeout=5).text
+    return metric_value(text, "keel_inference_requests_in_flight", model=model)

@@ -6,6 +6,8 @@ import time
 
 import requests
 
+from conftest import inference_in_flight, wait_until
+
 LONG = " ".join(["The film drags in places but the performances are consistently strong."] * 30)
 
 
@@ -23,7 +25,10 @@ def test_health_answers_fast_while_inference_is_saturated(url):
     for w in workers:
         w.start()
     try:
-        time.sleep(1.0)  # let the queue fill
+        # Saturated: predictions come back, and more than one request is admitted and not yet
+        # answered, so the model never idles while /health is timed.
+        wait_until(lambda: done and (inference_in_flight(url) or 0) >= 2, timeout=60,
+                   what="inference to be saturated")
         latencies = []
         s = requests.Session()
         for _ in range(40):
