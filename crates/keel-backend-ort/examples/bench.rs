@@ -4,6 +4,8 @@
 //! `cargo run --release --example bench -p keel-backend-ort [-- ITERATIONS [OUT.json]]`, from
 //! the repository root (or set `KEEL_MODELS_DIR` / `ORT_DYLIB_PATH`). With OUT.json, the
 //! results are also written there for BENCHMARKS.md (`make bench` writes bench/backend.json).
+//! ONNX Runtime's pool spins as Keel's would with 2 threads on this machine;
+//! `BENCH_SPINNING=1` or `=0` forces it on or off to compare.
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -82,10 +84,17 @@ fn main() {
     let mut rows = Vec::new();
     let mut shapes = Vec::new();
 
+    let spinning = match std::env::var("BENCH_SPINNING").as_deref() {
+        Ok("1") => true,
+        Ok("0") => false,
+        _ => keel_backend_ort::spinning_default(THREADS),
+    };
+    println!("ort intra-op pool: {THREADS} threads, spinning {spinning}");
     for (name, precision) in [("ort fp32", Precision::Fp32), ("ort int8", Precision::Int8)] {
         let options = OrtOptions {
             dylib_path: dylib.clone(),
             intra_threads: THREADS,
+            intra_spinning: spinning,
             precision,
         };
         let backend = keel_backend_ort::load(&spec, &options).expect("ort backend");
@@ -112,7 +121,7 @@ fn main() {
     ));
     if let Some(out) = std::env::args().nth(2) {
         let json = format!(
-            "{{\"command\": \"cargo run --release --example bench -p keel-backend-ort -- {iterations} {out}\", \"threads\": {THREADS}, \"flop_per_token\": {FLOP_PER_TOKEN:e}, \"results\": [{}], \"bench_shapes\": [{}]}}\n",
+            "{{\"command\": \"cargo run --release --example bench -p keel-backend-ort -- {iterations} {out}\", \"threads\": {THREADS}, \"ort_spinning\": {spinning}, \"flop_per_token\": {FLOP_PER_TOKEN:e}, \"results\": [{}], \"bench_shapes\": [{}]}}\n",
             rows.join(", "),
             shapes.join(", ")
         );

@@ -3,7 +3,9 @@
 //!
 //! ONNX Runtime is not linked: `libonnxruntime.so` is opened at run time from
 //! [`OrtOptions::dylib_path`] (`scripts/fetch-onnxruntime.sh` puts it in place), once per
-//! process. A model folder's own `model.onnx` is used when present; otherwise the graph is
+//! process, into one environment that every session shares: its log level (warning) and its
+//! one intra-op thread pool ([`OrtOptions::intra_threads`]) are set there, not per model.
+//! A model folder's own `model.onnx` is used when present; otherwise the graph is
 //! built in memory from `config.json` and `model.safetensors` ([`graph`]), optionally with
 //! int8 weights ([`Precision::Int8`]). [`Backend::forward`] returns what the candle backend
 //! returns: pooled, unnormalized embeddings, or logits.
@@ -17,10 +19,12 @@ mod weights;
 use std::borrow::Cow;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, OnceLock};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use keel_engine::{Backend, BackendError, EncodedBatch, ModelSpec, Pooling, Task};
-use ort::environment::Environment;
+use ort::environment::{Environment, GlobalThreadPoolOptions};
+use ort::logging::LogLevel;
 use ort::session::builder::GraphOptimizationLevel;
 use ort::session::{Session, SessionInputValue};
 use ort::value::Tensor;
@@ -37,19 +41,34 @@ pub enum Precision {
     Int8,
 }
 
+/// How to load a model. `dylib_path`, `intra_threads` and `intra_spinning` describe the
+/// process-wide ONNX Runtime environment: the first successful load sets them, and a later load
+/// that asks for different ones is refused (ONNX Runtime allows one environment per process).
 #[derive(Debug, Clone)]
 pub struct OrtOptions {
-    /// Path of `libonnxruntime.so` (Keel's `ORT_DYLIB_PATH`). Only the first successful load
-    /// in a process counts: ONNX Runtime cannot be loaded twice.
+    /// Path of `libonnxruntime.so` (Keel's `ORT_DYLIB_PATH`).
     pub dylib_path: PathBuf,
-    /// Threads one forward pass may use (ONNX Runtime's intra-op pool).
+    /// Size of the one intra-op thread pool that all sessions share (ONNX Runtime's global
+    /// thread pool; the thread that calls `forward` counts as one of them).
     pub intra_threads: usize,
+    /// Whether the pool's idle threads spin for a moment before sleeping. Spinning shortens
+    /// the gaps between operators but burns the cores the HTTP runtime needs when the pool
+    /// already takes every core; see [`spinning_default`].
+    pub intra_spinning: bool,
     pub precision: Precision,
+}
+
+/// Spinning only when the pool leaves at least one core to the rest of the process: with a
+/// pool as wide as the machine (Keel's default), idle pool threads spinning between batches
+/// take the CPU the HTTP threads need to parse the next requests and form the next batch.
+pub fn spinning_default(intra_threads: usize) -> bool {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    intra_threads < cpus
 }
 
 /// Loads the model in `spec.dir` on ONNX Runtime.
 pub fn load(spec: &ModelSpec, options: &OrtOptions) -> Result<Box<dyn Backend>, BackendError> {
-    let env = environment(&options.dylib_path)?;
+    let env = environment(&Runtime::of(options))?;
     OrtBackend::load(env, spec, options)
         .map(|b| Box::new(b) as Box<dyn Backend>)
         .map_err(|e| BackendError(format!("{}: {e}", spec.dir.display())))
@@ -62,24 +81,54 @@ pub fn build_onnx(spec: &ModelSpec, precision: Precision) -> Result<Vec<u8>, Bac
         .map_err(|e| BackendError(format!("{}: {e}", spec.dir.display())))
 }
 
-/// The process-wide ONNX Runtime environment and the library it was loaded from.
-static ENVIRONMENT: OnceLock<(PathBuf, Environment)> = OnceLock::new();
+/// What the process-wide environment was built with; a later load must ask for the same.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Runtime {
+    dylib: PathBuf,
+    intra_threads: usize,
+    intra_spinning: bool,
+}
+
+impl Runtime {
+    fn of(options: &OrtOptions) -> Self {
+        Self {
+            dylib: options.dylib_path.clone(),
+            intra_threads: options.intra_threads.max(1),
+            intra_spinning: options.intra_spinning,
+        }
+    }
+}
+
+/// The process-wide ONNX Runtime environment and what it was built with (`dylib` canonical).
+static ENVIRONMENT: OnceLock<(Runtime, Environment)> = OnceLock::new();
 /// Serializes first loads; a failed load leaves [`ENVIRONMENT`] empty so a later call (with a
 /// corrected path) can try again.
 static INIT: Mutex<()> = Mutex::new(());
 
-fn environment(dylib: &Path) -> Result<&'static Environment, BackendError> {
-    let check = |(loaded, env): &'static (PathBuf, Environment)| {
+fn environment(wanted: &Runtime) -> Result<&'static Environment, BackendError> {
+    let check = |(built, env): &'static (Runtime, Environment)| {
+        let dylib = &wanted.dylib;
         let requested = dylib.canonicalize().unwrap_or_else(|_| dylib.to_path_buf());
-        if *loaded == requested {
-            Ok(env)
-        } else {
-            Err(BackendError(format!(
+        if built.dylib != requested {
+            return Err(BackendError(format!(
                 "ONNX Runtime is already loaded from {} in this process; cannot also load {}",
-                loaded.display(),
+                built.dylib.display(),
                 dylib.display()
-            )))
+            )));
         }
+        if (built.intra_threads, built.intra_spinning)
+            != (wanted.intra_threads, wanted.intra_spinning)
+        {
+            return Err(BackendError(format!(
+                "ONNX Runtime's shared thread pool already has {} threads (spinning: {}) in \
+                 this process; cannot also use {} (spinning: {})",
+                built.intra_threads,
+                built.intra_spinning,
+                wanted.intra_threads,
+                wanted.intra_spinning
+            )));
+        }
+        Ok(env)
     };
     if let Some(entry) = ENVIRONMENT.get() {
         return check(entry);
@@ -88,26 +137,87 @@ fn environment(dylib: &Path) -> Result<&'static Environment, BackendError> {
     if let Some(entry) = ENVIRONMENT.get() {
         return check(entry);
     }
-    let path = dylib.canonicalize().map_err(|e| {
+    let path = wanted.dylib.canonicalize().map_err(|e| {
         BackendError(format!(
             "ONNX Runtime library not found at {} ({e}); run scripts/fetch-onnxruntime.sh or set \
              ORT_DYLIB_PATH",
-            dylib.display()
+            wanted.dylib.display()
         ))
     })?;
     // ort panics on a few malformed-library paths (e.g. a null API table); keep those errors.
-    let env = catch_unwind(AssertUnwindSafe(|| {
-        let builder = ort::init_from(&path).map_err(|e| e.to_string())?;
-        builder.with_name("keel").build().map_err(|e| e.to_string())
-    }))
-    .unwrap_or_else(|_| Err("ONNX Runtime panicked while loading".into()))
-    .map_err(|e| {
-        BackendError(format!(
-            "cannot load ONNX Runtime from {}: {e}",
-            path.display()
-        ))
-    })?;
-    Ok(&ENVIRONMENT.get_or_init(|| (path, env)).1)
+    let env = catch_unwind(AssertUnwindSafe(|| build_environment(&path, wanted)))
+        .unwrap_or_else(|_| Err("ONNX Runtime panicked while loading".into()))
+        .map_err(|e| {
+            BackendError(format!(
+                "cannot load ONNX Runtime from {}: {e}",
+                path.display()
+            ))
+        })?;
+    tracing::info!(
+        library = %path.display(),
+        intra_threads = wanted.intra_threads,
+        intra_spinning = wanted.intra_spinning,
+        "ONNX Runtime loaded"
+    );
+    let built = Runtime {
+        dylib: path,
+        ..wanted.clone()
+    };
+    Ok(&ENVIRONMENT.get_or_init(|| (built, env)).1)
+}
+
+fn build_environment(path: &Path, wanted: &Runtime) -> Result<Environment, String> {
+    // One intra-op pool for every session: with a pool per session, each model brought its
+    // own `intra_threads` busy threads, so two models meant twice the cores' worth of threads
+    // competing with each other and with the HTTP runtime. Sessions built in an environment
+    // with a global pool use it (ort calls `DisablePerSessionThreads`). Sessions run
+    // sequentially, so the inter-op pool is never used: one thread.
+    // `init_from` opens the library: it comes first, as every other ort call needs it.
+    let builder = ort::init_from(path).map_err(|e| e.to_string())?;
+    let pool = GlobalThreadPoolOptions::default()
+        .with_intra_threads(wanted.intra_threads)
+        .and_then(|p| p.with_inter_threads(1))
+        .and_then(|p| p.with_spin_control(wanted.intra_spinning))
+        .map_err(|e| format!("thread pool options: {e}"))?;
+    let created = Arc::new(AtomicBool::new(false));
+    let env = builder
+        .with_name("keel")
+        .with_global_thread_pool(pool)
+        .with_logger(ort_logger(created.clone()))
+        .build()
+        .map_err(|e| e.to_string())?;
+    // ort creates the environment at VERBOSE, so ONNX Runtime would format and log an INFO
+    // line per arena extension (hundreds at start-up, more per long input). At WARNING those
+    // messages are never produced; sessions created from here on take this level as theirs.
+    env.set_log_level(LogLevel::Warning);
+    created.store(true, Ordering::Release);
+    Ok(env)
+}
+
+/// ONNX Runtime's messages into Keel's log (target `ort::logging`, as ort's own logger) at
+/// their own level. Until `created` is set, the environment is still at VERBOSE and reports
+/// the hardware it finds: those lines below WARNING are dropped. After, whatever ONNX Runtime
+/// produces is passed on, so a level set too low would show rather than be hidden.
+fn ort_logger(created: Arc<AtomicBool>) -> ort::logging::LoggerFunction {
+    Arc::new(move |level, category, id, location, message| {
+        if level < LogLevel::Warning && !created.load(Ordering::Acquire) {
+            return;
+        }
+        match level {
+            LogLevel::Verbose => {
+                tracing::trace!(target: "ort::logging", category, id, location, "{message}")
+            }
+            LogLevel::Info => {
+                tracing::info!(target: "ort::logging", category, id, location, "{message}")
+            }
+            LogLevel::Warning => {
+                tracing::warn!(target: "ort::logging", category, id, location, "{message}")
+            }
+            LogLevel::Error | LogLevel::Fatal => {
+                tracing::error!(target: "ort::logging", category, id, location, "{message}")
+            }
+        }
+    })
 }
 
 /// A graph input Keel knows how to fill.
@@ -146,10 +256,9 @@ fn folder_onnx(dir: &Path) -> Option<PathBuf> {
 
 impl OrtBackend {
     fn load(env: &Environment, spec: &ModelSpec, options: &OrtOptions) -> Result<Self, String> {
+        // No thread settings here: the session runs on the environment's shared pool.
         let mut builder = Session::builder(env)
             .and_then(|b| Ok(b.with_optimization_level(GraphOptimizationLevel::All)?))
-            .and_then(|b| Ok(b.with_intra_threads(options.intra_threads.max(1))?))
-            .and_then(|b| Ok(b.with_inter_threads(1)?))
             .map_err(|e| format!("session options: {e}"))?;
         let session = match folder_onnx(&spec.dir) {
             Some(path) => {
@@ -333,12 +442,17 @@ mod tests {
 
     #[test]
     fn a_missing_or_broken_library_is_an_error_not_a_panic() {
-        let err = environment(Path::new("/nonexistent/libonnxruntime.so")).unwrap_err();
+        let runtime = |dylib: &Path| Runtime {
+            dylib: dylib.to_path_buf(),
+            intra_threads: 1,
+            intra_spinning: false,
+        };
+        let err = environment(&runtime(Path::new("/nonexistent/libonnxruntime.so"))).unwrap_err();
         assert!(err.0.contains("not found"), "{err}");
 
         let fake = std::env::temp_dir().join(format!("keel-fake-ort-{}.so", std::process::id()));
         std::fs::write(&fake, b"not a shared library").unwrap();
-        let err = environment(&fake).unwrap_err();
+        let err = environment(&runtime(&fake)).unwrap_err();
         std::fs::remove_file(&fake).unwrap();
         assert!(err.0.contains("cannot load ONNX Runtime"), "{err}");
     }

@@ -70,6 +70,7 @@ fn options(precision: Precision) -> OrtOptions {
     OrtOptions {
         dylib_path: dylib(),
         intra_threads: 2,
+        intra_spinning: false,
         precision,
     }
 }

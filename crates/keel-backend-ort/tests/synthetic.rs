@@ -248,6 +248,7 @@ fn compare(arch: Arch, classifier: bool, cls_pooling: bool) {
         let options = OrtOptions {
             dylib_path: dylib(),
             intra_threads: 1,
+            intra_spinning: false,
             precision,
         };
         let backend: Box<dyn Backend> = keel_backend_ort::load(&spec, &options)
@@ -313,6 +314,7 @@ fn a_folder_onnx_export_is_preferred_over_safetensors() {
     let options = OrtOptions {
         dylib_path: dylib(),
         intra_threads: 1,
+        intra_spinning: false,
         precision: Precision::Fp32,
     };
     let out = keel_backend_ort::load(&spec, &options)

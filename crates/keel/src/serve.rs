@@ -19,18 +19,22 @@ use keel_telemetry::logging;
 pub fn run(settings: Settings) -> anyhow::Result<()> {
     let _telemetry = logging::init(
         settings.log_format,
-        &settings.log_level,
+        &log_filter(&settings.log_level),
         settings.otlp_endpoint.as_deref(),
     )
     .map_err(|e| anyhow::anyhow!("starting telemetry: {e}"))?;
     let metrics = keel_telemetry::metrics::install()
         .map_err(|e| anyhow::anyhow!("installing the metrics recorder: {e}"))?;
-    // The backend's own parallelism; sized once so inference does not oversubscribe the CPU.
-    rayon::ThreadPoolBuilder::new()
-        .num_threads(settings.inference_threads)
-        .thread_name(|i| format!("keel-compute-{i}"))
-        .build_global()
-        .context("starting the inference thread pool")?;
+    // candle's matrix products run on rayon's global pool (gemm's `Parallelism::Rayon`), so
+    // its size is the candle backend's parallelism. ONNX Runtime has its own pool (see
+    // keel_backend_ort::OrtOptions) and leaves rayon's untouched: no rayon threads with ort.
+    if settings.backend == BackendKind::Candle {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(settings.inference_threads)
+            .thread_name(|i| format!("keel-compute-{i}"))
+            .build_global()
+            .context("starting the inference thread pool")?;
+    }
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("keel-http")
@@ -44,9 +48,13 @@ async fn serve(settings: Settings, metrics: PrometheusHandle) -> anyhow::Result<
     let loader: BackendLoader = match settings.backend {
         BackendKind::Candle => Arc::new(keel_backend_candle::load),
         BackendKind::Ort => {
+            // Every model shares one pool of INFERENCE_THREADS threads: two models with a
+            // pool each meant twice the cores in busy threads, competing with each other and
+            // with the HTTP runtime.
             let options = keel_backend_ort::OrtOptions {
                 dylib_path: settings.ort_dylib_path.clone(),
                 intra_threads: settings.inference_threads,
+                intra_spinning: keel_backend_ort::spinning_default(settings.inference_threads),
                 precision: settings.ort_precision,
             };
             Arc::new(move |spec| keel_backend_ort::load(spec, &options))
@@ -146,6 +154,29 @@ async fn serve(settings: Settings, metrics: PrometheusHandle) -> anyhow::Result<
     Ok(())
 }
 
+/// LOG_LEVEL as the log filter, with the `ort` crate's own INFO lines (which library it
+/// loaded) left out unless the filter names an `ort` target: Keel logs its own line when ONNX
+/// Runtime is loaded, and ONNX Runtime's messages are produced at WARNING and above anyway.
+fn log_filter(level: &str) -> String {
+    use std::str::FromStr;
+    use tracing::level_filters::LevelFilter;
+    let directives: Vec<&str> = level.split(',').map(str::trim).collect();
+    if directives.iter().any(|d| d.starts_with("ort")) {
+        return level.to_string();
+    }
+    // Only a default more verbose than WARN needs the cap; capping a quieter default at WARN
+    // would make ort louder than the rest.
+    let default_is_verbose = directives
+        .iter()
+        .filter_map(|d| LevelFilter::from_str(d).ok())
+        .any(|l| l > LevelFilter::WARN);
+    if default_is_verbose {
+        format!("{level},ort=warn")
+    } else {
+        level.to_string()
+    }
+}
+
 /// With `KEEL_FAIL_FAST`, a model that fails to load ends the process (status 1) so that an
 /// orchestrator sees a crash instead of a pod that never becomes ready.
 async fn exit_when_a_model_fails(registry: Arc<ModelRegistry>) {
@@ -219,4 +250,24 @@ fn limiter(
         store,
         limits.failure,
     ))))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::log_filter;
+
+    #[test]
+    fn the_ort_crate_is_capped_at_warn_below_a_verbose_default() {
+        assert_eq!(log_filter("info"), "info,ort=warn");
+        assert_eq!(log_filter("debug,hyper=warn"), "debug,hyper=warn,ort=warn");
+        assert_eq!(log_filter("warn"), "warn");
+        assert_eq!(log_filter("error"), "error");
+        assert_eq!(log_filter("keel=debug"), "keel=debug");
+        // Named by the owner: left as written.
+        assert_eq!(log_filter("info,ort=info"), "info,ort=info");
+        assert_eq!(
+            log_filter("trace,ort::logging=trace"),
+            "trace,ort::logging=trace"
+        );
+    }
 }
