@@ -259,7 +259,7 @@ declare! {
         secret: false, show: Shown("request_timeout_ms"),
     }
     INFERENCE_THREADS {
-        help: "threads the inference backend uses",
+        help: "size of the one inference thread pool all models share (ort: ONNX Runtime's global intra-op pool, spinning only when it leaves a core free; candle: rayon's pool)",
         kind: Kind::Number { default: Computed("CPU count"), min: 1, max: 1024, unit: "threads" },
         secret: false, show: Shown("inference_threads"),
     }
