@@ -17,7 +17,7 @@ mod weights;
 use std::borrow::Cow;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Mutex, OnceLock, PoisonError};
 
 use keel_engine::{Backend, BackendError, EncodedBatch, ModelSpec, Pooling, Task};
 use ort::environment::Environment;
@@ -52,14 +52,13 @@ pub fn load(spec: &ModelSpec, options: &OrtOptions) -> Result<Box<dyn Backend>, 
     let env = environment(&options.dylib_path)?;
     OrtBackend::load(env, spec, options)
         .map(|b| Box::new(b) as Box<dyn Backend>)
-        .map_err(|e| BackendError(format!("{}: {e}", spec.dir.display())))
+        .map_err(|e| BackendError::load(&spec.dir, e))
 }
 
 /// Builds the ONNX model Keel would run for a folder without `model.onnx`, serialized; useful
 /// to inspect the graph (e.g. in Netron) or to cache it.
 pub fn build_onnx(spec: &ModelSpec, precision: Precision) -> Result<Vec<u8>, BackendError> {
-    graph::build_model(spec, precision)
-        .map_err(|e| BackendError(format!("{}: {e}", spec.dir.display())))
+    graph::build_model(spec, precision).map_err(|e| BackendError::load(&spec.dir, e))
 }
 
 /// The process-wide ONNX Runtime environment and the library it was loaded from.
@@ -74,7 +73,7 @@ fn environment(dylib: &Path) -> Result<&'static Environment, BackendError> {
         if *loaded == requested {
             Ok(env)
         } else {
-            Err(BackendError(format!(
+            Err(BackendError::Runtime(format!(
                 "ONNX Runtime is already loaded from {} in this process; cannot also load {}",
                 loaded.display(),
                 dylib.display()
@@ -84,12 +83,12 @@ fn environment(dylib: &Path) -> Result<&'static Environment, BackendError> {
     if let Some(entry) = ENVIRONMENT.get() {
         return check(entry);
     }
-    let _guard = INIT.lock().unwrap_or_else(|e| e.into_inner());
+    let _guard = INIT.lock().unwrap_or_else(PoisonError::into_inner);
     if let Some(entry) = ENVIRONMENT.get() {
         return check(entry);
     }
     let path = dylib.canonicalize().map_err(|e| {
-        BackendError(format!(
+        BackendError::Runtime(format!(
             "ONNX Runtime library not found at {} ({e}); run scripts/fetch-onnxruntime.sh or set \
              ORT_DYLIB_PATH",
             dylib.display()
@@ -102,7 +101,7 @@ fn environment(dylib: &Path) -> Result<&'static Environment, BackendError> {
     }))
     .unwrap_or_else(|_| Err("ONNX Runtime panicked while loading".into()))
     .map_err(|e| {
-        BackendError(format!(
+        BackendError::Runtime(format!(
             "cannot load ONNX Runtime from {}: {e}",
             path.display()
         ))
@@ -219,7 +218,7 @@ impl OrtBackend {
             let tensor = Tensor::from_array(([rows, seq], data)).map_err(|e| e.to_string())?;
             values.push((Cow::Borrowed(name.as_str()), tensor.into()));
         }
-        let mut session = self.session.lock().unwrap_or_else(|e| e.into_inner());
+        let mut session = self.session.lock().unwrap_or_else(PoisonError::into_inner);
         let outputs = session.run(values).map_err(|e| e.to_string())?;
         let value = outputs
             .get(&self.output_name)
@@ -313,7 +312,7 @@ fn pool(data: &[f32], mask: &[u32], hidden: usize, seq: usize, pooling: Pooling)
 
 impl Backend for OrtBackend {
     fn forward(&self, batch: &EncodedBatch) -> Result<Vec<Vec<f32>>, BackendError> {
-        self.run(batch).map_err(BackendError)
+        self.run(batch).map_err(BackendError::Inference)
     }
 }
 
@@ -334,12 +333,17 @@ mod tests {
     #[test]
     fn a_missing_or_broken_library_is_an_error_not_a_panic() {
         let err = environment(Path::new("/nonexistent/libonnxruntime.so")).unwrap_err();
-        assert!(err.0.contains("not found"), "{err}");
+        assert!(matches!(err, BackendError::Runtime(_)), "{err:?}");
+        assert!(err.to_string().contains("not found"), "{err}");
 
         let fake = std::env::temp_dir().join(format!("keel-fake-ort-{}.so", std::process::id()));
         std::fs::write(&fake, b"not a shared library").unwrap();
         let err = environment(&fake).unwrap_err();
         std::fs::remove_file(&fake).unwrap();
-        assert!(err.0.contains("cannot load ONNX Runtime"), "{err}");
+        assert!(matches!(err, BackendError::Runtime(_)), "{err:?}");
+        assert!(
+            err.to_string().contains("cannot load ONNX Runtime"),
+            "{err}"
+        );
     }
 }
