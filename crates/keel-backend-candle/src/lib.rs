@@ -13,7 +13,7 @@ use keel_engine::{Architecture, Backend, BackendError, EncodedBatch, ModelSpec, 
 pub fn load(spec: &ModelSpec) -> std::result::Result<Box<dyn Backend>, BackendError> {
     CandleBackend::load(spec)
         .map(|b| Box::new(b) as Box<dyn Backend>)
-        .map_err(|e| BackendError(format!("{}: {e}", spec.dir.display())))
+        .map_err(|e| BackendError::load(&spec.dir, e))
 }
 
 enum Encoder {
@@ -187,6 +187,7 @@ fn pool(hidden: &Tensor, mask: &Tensor, pooling: Pooling) -> Result<Tensor> {
 
 impl Backend for CandleBackend {
     fn forward(&self, batch: &EncodedBatch) -> std::result::Result<Vec<Vec<f32>>, BackendError> {
-        self.run(batch).map_err(|e| BackendError(e.to_string()))
+        self.run(batch)
+            .map_err(|e| BackendError::Inference(e.to_string()))
     }
 }

@@ -20,7 +20,7 @@ use std::borrow::Cow;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
 use keel_engine::{Backend, BackendError, EncodedBatch, ModelSpec, Pooling, Task};
 use ort::environment::{Environment, GlobalThreadPoolOptions};
@@ -71,14 +71,13 @@ pub fn load(spec: &ModelSpec, options: &OrtOptions) -> Result<Box<dyn Backend>, 
     let env = environment(&Runtime::of(options))?;
     OrtBackend::load(env, spec, options)
         .map(|b| Box::new(b) as Box<dyn Backend>)
-        .map_err(|e| BackendError(format!("{}: {e}", spec.dir.display())))
+        .map_err(|e| BackendError::load(&spec.dir, e))
 }
 
 /// Builds the ONNX model Keel would run for a folder without `model.onnx`, serialized; useful
 /// to inspect the graph (e.g. in Netron) or to cache it.
 pub fn build_onnx(spec: &ModelSpec, precision: Precision) -> Result<Vec<u8>, BackendError> {
-    graph::build_model(spec, precision)
-        .map_err(|e| BackendError(format!("{}: {e}", spec.dir.display())))
+    graph::build_model(spec, precision).map_err(|e| BackendError::load(&spec.dir, e))
 }
 
 /// What the process-wide environment was built with; a later load must ask for the same.
@@ -110,7 +109,7 @@ fn environment(wanted: &Runtime) -> Result<&'static Environment, BackendError> {
         let dylib = &wanted.dylib;
         let requested = dylib.canonicalize().unwrap_or_else(|_| dylib.to_path_buf());
         if built.dylib != requested {
-            return Err(BackendError(format!(
+            return Err(BackendError::Runtime(format!(
                 "ONNX Runtime is already loaded from {} in this process; cannot also load {}",
                 built.dylib.display(),
                 dylib.display()
@@ -119,7 +118,7 @@ fn environment(wanted: &Runtime) -> Result<&'static Environment, BackendError> {
         if (built.intra_threads, built.intra_spinning)
             != (wanted.intra_threads, wanted.intra_spinning)
         {
-            return Err(BackendError(format!(
+            return Err(BackendError::Runtime(format!(
                 "ONNX Runtime's shared thread pool already has {} threads (spinning: {}) in \
                  this process; cannot also use {} (spinning: {})",
                 built.intra_threads,
@@ -133,12 +132,12 @@ fn environment(wanted: &Runtime) -> Result<&'static Environment, BackendError> {
     if let Some(entry) = ENVIRONMENT.get() {
         return check(entry);
     }
-    let _guard = INIT.lock().unwrap_or_else(|e| e.into_inner());
+    let _guard = INIT.lock().unwrap_or_else(PoisonError::into_inner);
     if let Some(entry) = ENVIRONMENT.get() {
         return check(entry);
     }
     let path = wanted.dylib.canonicalize().map_err(|e| {
-        BackendError(format!(
+        BackendError::Runtime(format!(
             "ONNX Runtime library not found at {} ({e}); run scripts/fetch-onnxruntime.sh or set \
              ORT_DYLIB_PATH",
             wanted.dylib.display()
@@ -148,7 +147,7 @@ fn environment(wanted: &Runtime) -> Result<&'static Environment, BackendError> {
     let env = catch_unwind(AssertUnwindSafe(|| build_environment(&path, wanted)))
         .unwrap_or_else(|_| Err("ONNX Runtime panicked while loading".into()))
         .map_err(|e| {
-            BackendError(format!(
+            BackendError::Runtime(format!(
                 "cannot load ONNX Runtime from {}: {e}",
                 path.display()
             ))
@@ -328,7 +327,7 @@ impl OrtBackend {
             let tensor = Tensor::from_array(([rows, seq], data)).map_err(|e| e.to_string())?;
             values.push((Cow::Borrowed(name.as_str()), tensor.into()));
         }
-        let mut session = self.session.lock().unwrap_or_else(|e| e.into_inner());
+        let mut session = self.session.lock().unwrap_or_else(PoisonError::into_inner);
         let outputs = session.run(values).map_err(|e| e.to_string())?;
         let value = outputs
             .get(&self.output_name)
@@ -422,7 +421,7 @@ fn pool(data: &[f32], mask: &[u32], hidden: usize, seq: usize, pooling: Pooling)
 
 impl Backend for OrtBackend {
     fn forward(&self, batch: &EncodedBatch) -> Result<Vec<Vec<f32>>, BackendError> {
-        self.run(batch).map_err(BackendError)
+        self.run(batch).map_err(BackendError::Inference)
     }
 }
 
@@ -448,12 +447,17 @@ mod tests {
             intra_spinning: false,
         };
         let err = environment(&runtime(Path::new("/nonexistent/libonnxruntime.so"))).unwrap_err();
-        assert!(err.0.contains("not found"), "{err}");
+        assert!(matches!(err, BackendError::Runtime(_)), "{err:?}");
+        assert!(err.to_string().contains("not found"), "{err}");
 
         let fake = std::env::temp_dir().join(format!("keel-fake-ort-{}.so", std::process::id()));
         std::fs::write(&fake, b"not a shared library").unwrap();
         let err = environment(&runtime(&fake)).unwrap_err();
         std::fs::remove_file(&fake).unwrap();
-        assert!(err.0.contains("cannot load ONNX Runtime"), "{err}");
+        assert!(matches!(err, BackendError::Runtime(_)), "{err:?}");
+        assert!(
+            err.to_string().contains("cannot load ONNX Runtime"),
+            "{err}"
+        );
     }
 }

@@ -138,7 +138,7 @@ fn two_models_share_one_fixed_pool_and_ort_logs_nothing_below_warning() {
     let err = keel_backend_ort::load(&spec, &resized)
         .err()
         .expect("a different pool size was accepted");
-    assert!(err.0.contains("thread pool"), "{err}");
+    assert!(err.to_string().contains("thread pool"), "{err}");
 
     let events = events.0.lock().unwrap().clone();
     let quiet: Vec<_> = events.iter().filter(|(l, _)| *l > Level::WARN).collect();

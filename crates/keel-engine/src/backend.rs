@@ -4,6 +4,7 @@
 //! normalized) embedding for embedding models, the logits for classifiers. Everything
 //! around it (tokenization, batching, scores, normalization) is shared.
 
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use thiserror::Error;
@@ -54,9 +55,30 @@ impl EncodedBatch {
     }
 }
 
+/// What a backend reports; the text of each variant is the whole message (callers add no
+/// prefix of their own beyond the model's folder).
 #[derive(Debug, Error)]
-#[error("{0}")]
-pub struct BackendError(pub String);
+pub enum BackendError {
+    /// The inference engine itself could not be set up (e.g. its shared library).
+    #[error("{0}")]
+    Runtime(String),
+    /// A model folder's weights or graph could not be loaded.
+    #[error("{}: {reason}", path.display())]
+    Load { path: PathBuf, reason: String },
+    /// A forward pass failed.
+    #[error("{0}")]
+    Inference(String),
+}
+
+impl BackendError {
+    /// A load failure of the model in `dir`.
+    pub fn load(dir: &Path, reason: impl std::fmt::Display) -> Self {
+        Self::Load {
+            path: dir.to_path_buf(),
+            reason: reason.to_string(),
+        }
+    }
+}
 
 pub trait Backend: Send {
     /// Runs one batch; returns `batch_size` vectors of the model's output width.

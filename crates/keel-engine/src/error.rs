@@ -1,6 +1,14 @@
 //! Errors the engine reports to its callers; the HTTP layer maps each to a status code.
+//!
+//! [`EngineError`] is what a request gets; [`LoadError`] is why a model could not be
+//! brought up (its text becomes the model's `reason` on `/ready`).
+
+use std::path::PathBuf;
 
 use thiserror::Error;
+
+use crate::backend::BackendError;
+use crate::spec::SpecError;
 
 #[derive(Debug, Error)]
 pub enum EngineError {
@@ -27,12 +35,37 @@ pub enum EngineError {
          than its deadline or MAX_QUEUE_WAIT_MS allows"
     )]
     QueueTooSlow { model: String, wait_ms: u64 },
+    /// The tokenizer refused an input (the client's fault).
     #[error("tokenization failed: {0}")]
     Tokenization(String),
+    /// The tokenizer panicked: a fault of the server, not of the input.
+    #[error("the tokenizer of model '{model}' panicked")]
+    TokenizerPanicked { model: String },
     #[error("inference failed: {0}")]
     Inference(String),
+    /// The backend panicked in a forward pass; the worker survives and serves later requests.
+    #[error("the backend of model '{model}' panicked during inference")]
+    BackendPanicked { model: String },
     #[error("the request's deadline passed before it could be answered")]
     DeadlineExceeded,
     #[error("the model worker of '{0}' stopped")]
     WorkerStopped(String),
+}
+
+/// Why a model folder could not be served.
+#[derive(Debug, Error)]
+pub enum LoadError {
+    #[error(transparent)]
+    Spec(#[from] SpecError),
+    #[error("{}: cannot load tokenizer: {reason}", path.display())]
+    Tokenizer { path: PathBuf, reason: String },
+    #[error(transparent)]
+    Backend(#[from] BackendError),
+    /// The warm-up input could not be tokenized.
+    #[error("warm-up tokenization failed: {0}")]
+    WarmUpInput(EngineError),
+    #[error("warm-up inference failed: {0}")]
+    WarmUp(BackendError),
+    #[error("warm-up inference gave an unexpected output (expected {dimensions} finite values)")]
+    WarmUpOutput { dimensions: usize },
 }

@@ -3,18 +3,28 @@
 //! A model folder is inspected once ([`spec`]) to decide what it is (task, architecture,
 //! pooling, labels, maximum length); its tokenizer is loaded ([`tokenize`]); a
 //! [`Backend`](backend::Backend) built by a [`BackendLoader`](backend::BackendLoader) runs the
-//! forward pass on a dedicated thread ([`worker`]), never on the async runtime; the
-//! [`registry`] loads every configured model in the background and tracks readiness.
+//! forward pass on a dedicated thread ([`worker`]) that drains the model's [`queue`], never on
+//! the async runtime; the [`registry`] loads every configured model in the background and
+//! tracks readiness; a ready model's handle ([`model`]) answers embedding and classification
+//! requests.
 
 pub mod backend;
 pub mod error;
+pub mod model;
 pub mod postprocess;
+pub mod queue;
 pub mod registry;
 pub mod spec;
 pub mod tokenize;
 pub mod worker;
 
+#[cfg(test)]
+mod testing;
+
 pub use backend::{Backend, BackendError, BackendLoader, EncodedBatch};
-pub use error::EngineError;
-pub use registry::{LoadedModel, ModelRegistry, ModelSource, ModelState, ReadinessReport};
+pub use error::{EngineError, LoadError};
+pub use model::{Inference, LoadedModel};
+pub use registry::{
+    ModelRegistry, ModelSource, ModelState, ModelStatus, ReadinessReport, ReadinessStatus,
+};
 pub use spec::{Architecture, ModelSpec, Pooling, Task};

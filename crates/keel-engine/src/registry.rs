@@ -4,24 +4,28 @@
 //! before its weights load; weights load in the background, one thread per model, and each
 //! model runs one warm-up inference before it counts as ready. Liveness never depends on
 //! this; readiness (`/ready`) is exactly "every model is `Ready` and we are not draining".
+//! A model whose backend keeps panicking once serving is marked failed by its worker.
+//! The handle of a ready model is [`crate::model`].
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard};
 use std::time::{Duration, Instant};
 
 use keel_telemetry::metrics::names;
-
 use serde::Serialize;
-use tokio::sync::{oneshot, watch};
+use tokio::sync::watch;
 
 use crate::backend::{BackendLoader, EncodedBatch};
-use crate::error::EngineError;
-use crate::postprocess;
+use crate::error::{EngineError, LoadError};
 use crate::spec::{ModelSpec, Task};
 use crate::tokenize::TextTokenizer;
-use crate::worker::{self, Admission, Job, JobQueue, WorkerConfig};
+use crate::worker::{self, FailureHook, QueueLimits, WorkerConfig};
+
+// Kept here too, where they were first exported, so `keel_engine::registry::Inference` and
+// `keel_engine::registry::LoadedModel` still name them.
+pub use crate::model::{Inference, LoadedModel};
 
 #[derive(Debug, Clone)]
 pub struct ModelSource {
@@ -48,23 +52,60 @@ pub struct EngineOptions {
 pub enum ModelState {
     Loading,
     Ready(Arc<LoadedModel>),
+    /// Why the model cannot serve, as `/ready` shows it.
     Failed(String),
 }
 
 impl ModelState {
-    pub fn label(&self) -> &'static str {
+    pub fn status(&self) -> ModelStatus {
         match self {
-            ModelState::Loading => "loading",
-            ModelState::Ready(_) => "ready",
-            ModelState::Failed(_) => "failed",
+            ModelState::Loading => ModelStatus::Loading,
+            ModelState::Ready(_) => ModelStatus::Ready,
+            ModelState::Failed(_) => ModelStatus::Failed,
         }
     }
+}
+
+/// One model's state as `/ready`, `/info` and `/v1/models` show it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ModelStatus {
+    Loading,
+    Ready,
+    Failed,
+}
+
+/// The replica's readiness, the `status` of `/ready`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReadinessStatus {
+    /// Every model is ready.
+    Ready,
+    /// Some model is still loading, none has failed.
+    Loading,
+    /// Some model failed to load, or failed while serving.
+    Failed,
+    /// Shutting down: no new traffic, whatever the models' states.
+    Draining,
 }
 
 struct Slot {
     source: ModelSource,
     spec: Option<ModelSpec>,
     state: RwLock<ModelState>,
+}
+
+impl Slot {
+    // Poisoning policy of the workspace: a lock whose holder panicked is used anyway
+    // (`PoisonError::into_inner`). What the locks guard is small (a state, a map, a counter)
+    // and every write replaces it whole, so it is never left half-changed.
+    fn state(&self) -> RwLockReadGuard<'_, ModelState> {
+        self.state.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn set_state(&self, state: ModelState) {
+        *self.state.write().unwrap_or_else(PoisonError::into_inner) = state;
+    }
 }
 
 pub struct ModelRegistry {
@@ -75,20 +116,20 @@ pub struct ModelRegistry {
 
 #[derive(Debug, Serialize)]
 pub struct ModelReadiness {
-    pub state: &'static str,
+    pub state: ModelStatus,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
 pub struct ReadinessReport {
-    pub status: &'static str,
+    pub status: ReadinessStatus,
     pub models: BTreeMap<String, ModelReadiness>,
 }
 
 impl ReadinessReport {
     pub fn is_ready(&self) -> bool {
-        self.status == "ready"
+        self.status == ReadinessStatus::Ready
     }
 }
 
@@ -97,7 +138,7 @@ impl ReadinessReport {
 pub struct ModelSummary {
     pub name: String,
     pub path: PathBuf,
-    pub state: &'static str,
+    pub state: ModelStatus,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub task: Option<Task>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -118,7 +159,7 @@ impl ModelRegistry {
             .map(|source| {
                 let (spec, state) = match ModelSpec::inspect(&source.path) {
                     Ok(spec) => (Some(spec), ModelState::Loading),
-                    Err(e) => (None, ModelState::Failed(e.to_string())),
+                    Err(e) => (None, ModelState::Failed(LoadError::from(e).to_string())),
                 };
                 Slot {
                     source,
@@ -141,34 +182,52 @@ impl ModelRegistry {
                 continue;
             };
             let (registry, loader, options) = (self.clone(), loader.clone(), options.clone());
+            // The worker holds only a weak reference: the registry owns the worker's queue.
+            let weak = Arc::downgrade(self);
+            let on_failed: FailureHook = Box::new(move |reason| {
+                if let Some(registry) = weak.upgrade() {
+                    let model = &registry.slots[index].source.name;
+                    tracing::error!(%model, %reason, "model failed while serving");
+                    registry.mark_failed(index, reason);
+                }
+            });
             std::thread::Builder::new()
                 .name(format!("keel-load-{index}"))
                 .spawn(move || {
                     let name = registry.slots[index].source.name.clone();
                     let started = Instant::now();
-                    let state = match load(&name, spec, &loader, &options) {
+                    match load(&name, spec, &loader, &options, on_failed) {
                         Ok(model) => {
                             tracing::info!(model = %name, load_ms = started.elapsed().as_millis() as u64, "model ready");
-                            ModelState::Ready(Arc::new(model))
+                            metrics::gauge!(names::MODEL_READY, "model" => name).set(1.0);
+                            registry.set_state(index, ModelState::Ready(Arc::new(model)));
                         }
-                        Err(reason) => {
+                        Err(e) => {
+                            let reason = e.to_string();
                             tracing::error!(model = %name, %reason, "model failed to load");
-                            ModelState::Failed(reason)
+                            registry.mark_failed(index, reason);
                         }
-                    };
-                    let ready = matches!(state, ModelState::Ready(_));
-                    metrics::gauge!(names::MODEL_READY, "model" => name.clone())
-                        .set(if ready { 1.0 } else { 0.0 });
-                    *registry.slots[index].state.write().unwrap() = state;
-                    registry.changes.send_modify(|n| *n += 1);
+                    }
                 })
                 .expect("spawning a model loader thread");
         }
         for slot in &self.slots {
-            if let ModelState::Failed(reason) = &*slot.state.read().unwrap() {
+            if let ModelState::Failed(reason) = &*slot.state() {
                 tracing::error!(model = %slot.source.name, %reason, "model failed to load");
             }
         }
+    }
+
+    fn set_state(&self, index: usize, state: ModelState) {
+        self.slots[index].set_state(state);
+        self.changes.send_modify(|n| *n += 1);
+    }
+
+    /// The model at `index` cannot serve (it failed to load, or failed while serving).
+    fn mark_failed(&self, index: usize, reason: String) {
+        let name = self.slots[index].source.name.clone();
+        metrics::gauge!(names::MODEL_READY, "model" => name).set(0.0);
+        self.set_state(index, ModelState::Failed(reason));
     }
 
     /// Notified whenever a model changes state.
@@ -185,7 +244,7 @@ impl ModelRegistry {
         let mut models = BTreeMap::new();
         let (mut loading, mut failed) = (false, false);
         for slot in &self.slots {
-            let state = slot.state.read().unwrap();
+            let state = slot.state();
             loading |= matches!(*state, ModelState::Loading);
             failed |= matches!(*state, ModelState::Failed(_));
             let reason = match &*state {
@@ -195,19 +254,19 @@ impl ModelRegistry {
             models.insert(
                 slot.source.name.clone(),
                 ModelReadiness {
-                    state: state.label(),
+                    state: state.status(),
                     reason,
                 },
             );
         }
         let status = if self.draining.load(Ordering::SeqCst) {
-            "draining"
+            ReadinessStatus::Draining
         } else if failed {
-            "failed"
+            ReadinessStatus::Failed
         } else if loading {
-            "loading"
+            ReadinessStatus::Loading
         } else {
-            "ready"
+            ReadinessStatus::Ready
         };
         ReadinessReport { status, models }
     }
@@ -217,14 +276,15 @@ impl ModelRegistry {
             .iter()
             .map(|slot| {
                 let spec = slot.spec.as_ref();
+                let state = slot.state();
                 ModelSummary {
                     name: slot.source.name.clone(),
                     path: slot.source.path.clone(),
-                    state: slot.state.read().unwrap().label(),
+                    state: state.status(),
                     task: spec.map(|s| s.task),
                     architecture: spec.map(|s| s.architecture),
-                    max_input_tokens: match &*slot.state.read().unwrap() {
-                        ModelState::Ready(m) => Some(m.tokenizer.max_tokens()),
+                    max_input_tokens: match &*state {
+                        ModelState::Ready(m) => Some(m.max_input_tokens()),
                         _ => spec.map(|s| s.max_input_tokens),
                     },
                     dimensions: spec.map(|s| s.dimensions),
@@ -260,44 +320,45 @@ impl ModelRegistry {
                 .find(|s| s.spec.as_ref().is_some_and(|spec| spec.task == task))
                 .ok_or(EngineError::NoModelForTask(task.as_str()))?,
         };
-        match &*slot.state.read().unwrap() {
+        match &*slot.state() {
             ModelState::Ready(model) => Ok(model.clone()),
-            other => Err(EngineError::NotReady {
+            ModelState::Failed(reason) => Err(EngineError::NotReady {
                 name: slot.source.name.clone(),
-                state: match other {
-                    ModelState::Failed(reason) => format!("failed: {reason}"),
-                    _ => "loading".into(),
-                },
+                state: format!("failed: {reason}"),
+            }),
+            ModelState::Loading => Err(EngineError::NotReady {
+                name: slot.source.name.clone(),
+                state: "loading".into(),
             }),
         }
     }
 }
 
+/// Loads the tokenizer and the backend, proves them with one warm-up inference, and starts
+/// the model's worker.
 fn load(
     name: &str,
     spec: ModelSpec,
     loader: &BackendLoader,
     options: &EngineOptions,
-) -> Result<LoadedModel, String> {
+    on_failed: FailureHook,
+) -> Result<LoadedModel, LoadError> {
     let max_tokens = options
         .max_input_tokens
         .map_or(spec.max_input_tokens, |cap| cap.min(spec.max_input_tokens));
     let tokenizer = TextTokenizer::load(&spec.dir, max_tokens, options.truncate)?;
-    let backend = loader(&spec).map_err(|e| e.0)?;
+    let backend = loader(&spec)?;
 
     // Warm-up: one real inference proves the weights work before we claim readiness.
     let probe = tokenizer
         .encode(&["Keel warm-up.".to_string()])
-        .map_err(|e| e.to_string())?;
+        .map_err(LoadError::WarmUpInput)?;
     let batch = EncodedBatch::pad(&[&probe[0]], tokenizer.pad_id());
-    let out = backend
-        .forward(&batch)
-        .map_err(|e| format!("warm-up inference failed: {e}"))?;
+    let out = backend.forward(&batch).map_err(LoadError::WarmUp)?;
     if out.len() != 1 || out[0].len() != spec.dimensions || out[0].iter().any(|x| !x.is_finite()) {
-        return Err(format!(
-            "warm-up inference gave an unexpected output (expected {} finite values)",
-            spec.dimensions
-        ));
+        return Err(LoadError::WarmUpOutput {
+            dimensions: spec.dimensions,
+        });
     }
 
     let jobs = worker::spawn(
@@ -309,226 +370,188 @@ fn load(
             pad_id: tokenizer.pad_id(),
         },
         backend,
-        options.max_queue_requests,
-        options.max_queue_tokens,
-        options.max_queue_wait,
+        QueueLimits {
+            max_requests: options.max_queue_requests,
+            max_tokens: options.max_queue_tokens,
+            max_wait: options.max_queue_wait,
+        },
+        on_failed,
     );
-    Ok(LoadedModel {
-        name: name.to_string(),
-        spec,
-        tokenizer,
-        jobs,
-    })
+    Ok(LoadedModel::new(name.to_string(), spec, tokenizer, jobs))
 }
 
-/// A model that is ready to serve.
-pub struct LoadedModel {
-    pub name: String,
-    pub spec: ModelSpec,
-    tokenizer: TextTokenizer,
-    jobs: JobQueue,
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::{Backend, BackendError};
+    use crate::testing::{embedding_folder, ScriptedBackend};
+    use crate::worker::PANICS_BEFORE_FAILED;
 
-/// Vectors in input order, the token count of each input after truncation, and timings.
-#[derive(Debug)]
-pub struct Inference {
-    pub outputs: Vec<Vec<f32>>,
-    pub tokens: Vec<usize>,
-    pub queue_wait: Duration,
-    pub compute: Duration,
-    pub batch_size: usize,
-}
+    const WIDTH: usize = 4;
 
-/// Keeps the in-flight gauge honest even when the caller's future is dropped mid-way.
-struct InFlight(String);
-
-impl InFlight {
-    fn enter(model: &str) -> Self {
-        metrics::gauge!(names::IN_FLIGHT, "model" => model.to_string()).increment(1.0);
-        Self(model.to_string())
-    }
-}
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        metrics::gauge!(names::IN_FLIGHT, "model" => self.0.clone()).decrement(1.0);
-    }
-}
-
-impl LoadedModel {
-    pub fn max_input_tokens(&self) -> usize {
-        self.tokenizer.max_tokens()
-    }
-
-    /// Embeddings (normalized when the model says so) for `texts`.
-    pub async fn embed(
-        self: &Arc<Self>,
-        texts: Vec<String>,
-        deadline: Instant,
-    ) -> Result<Inference, EngineError> {
-        let characters = count_characters(&texts);
-        let mut inference = self.run(texts, deadline).await?;
-        if self.spec.normalize {
-            inference
-                .outputs
-                .iter_mut()
-                .for_each(|v| postprocess::normalize(v));
+    fn options() -> EngineOptions {
+        EngineOptions {
+            max_batch_size: 8,
+            max_batch_tokens: 1000,
+            max_batch_delay: Duration::ZERO,
+            max_queue_requests: 8,
+            max_queue_tokens: 1000,
+            max_queue_wait: None,
+            max_input_tokens: None,
+            truncate: true,
         }
-        self.log(&inference, characters, None);
-        Ok(inference)
     }
 
-    /// Label scores (in `spec.labels` order) for `texts`.
-    pub async fn classify(
-        self: &Arc<Self>,
-        texts: Vec<String>,
-        deadline: Instant,
-    ) -> Result<Inference, EngineError> {
-        let characters = count_characters(&texts);
-        let mut inference = self.run(texts, deadline).await?;
-        let mut top = Vec::with_capacity(inference.outputs.len());
-        for v in inference.outputs.iter_mut() {
-            *v = postprocess::scores(v, self.spec.score_function);
-            let (index, score) = v
-                .iter()
-                .copied()
-                .enumerate()
-                .max_by(|a, b| a.1.total_cmp(&b.1))
-                .unwrap_or((0, 0.0));
-            let label = self.spec.labels.get(index).cloned().unwrap_or_default();
-            metrics::counter!(names::PREDICTIONS, "model" => self.name.clone(), "label" => label.clone())
-                .increment(1);
-            metrics::histogram!(names::PREDICTION_SCORE, "model" => self.name.clone(), "label" => label.clone())
-                .record(score as f64);
-            top.push((label, score));
+    fn source(name: &str, path: &std::path::Path) -> ModelSource {
+        ModelSource {
+            name: name.into(),
+            path: path.to_path_buf(),
         }
-        self.log(&inference, characters, Some(&top));
-        Ok(inference)
     }
 
-    /// The one log line per inference.
-    fn log(&self, inference: &Inference, characters: usize, top: Option<&[(String, f32)]>) {
-        let (label, score) = match top {
-            Some([(label, score)]) => (Some(label.as_str()), Some(*score)),
-            _ => (None, None),
-        };
-        let labels = top.filter(|t| t.len() > 1).map(|t| {
-            t.iter()
-                .map(|(l, _)| l.as_str())
-                .collect::<Vec<_>>()
-                .join(",")
-        });
-        tracing::info!(
-            target: "keel::inference",
-            model = %self.name,
-            task = self.spec.task.as_str(),
-            inputs = inference.outputs.len(),
-            input_characters = characters,
-            input_tokens = inference.tokens.iter().sum::<usize>(),
-            batch_size = inference.batch_size,
-            queue_ms = inference.queue_wait.as_secs_f64() * 1e3,
-            compute_ms = inference.compute.as_secs_f64() * 1e3,
-            label,
-            score,
-            labels,
-            "inference"
-        );
+    fn loader(
+        load: impl Fn(&ModelSpec) -> Result<ScriptedBackend, BackendError> + Send + Sync + 'static,
+    ) -> BackendLoader {
+        Arc::new(move |spec| load(spec).map(|b| Box::new(b) as Box<dyn Backend>))
     }
 
-    /// Tokenizes on the blocking pool, queues the job, and waits for its answer until the
-    /// deadline. Dropping this future (client gone) closes the reply channel, and the worker
-    /// then skips the job.
-    async fn run(
-        self: &Arc<Self>,
-        texts: Vec<String>,
-        deadline: Instant,
-    ) -> Result<Inference, EngineError> {
-        let _in_flight = InFlight::enter(&self.name);
-        // Under overload most requests are refused: refuse before spending tokenization on
-        // them when the queue alone is already over the bound.
-        if let Some(wait) = self.jobs.over_bound(deadline) {
-            let e = self.refused(Admission::TooSlow(wait));
-            self.reject(&e);
-            return Err(e);
-        }
-        for text in &texts {
-            metrics::histogram!(names::INPUT_CHARACTERS, "model" => self.name.clone())
-                .record(text.chars().count() as f64);
-        }
-        let model = self.clone();
-        let tokenize_span = tracing::info_span!("tokenize", model = %self.name);
-        let inputs = tokio::task::spawn_blocking(move || {
-            tokenize_span.in_scope(|| model.tokenizer.encode(&texts))
-        })
-        .await
-        .map_err(|e| EngineError::Tokenization(e.to_string()))?
-        .inspect_err(|e| self.reject(e))?;
-        let tokens: Vec<usize> = inputs.iter().map(|i| i.len()).collect();
-        for &n in &tokens {
-            metrics::histogram!(names::INPUT_TOKENS, "model" => self.name.clone()).record(n as f64);
-        }
-        let (reply, answer) = oneshot::channel();
-        let job = Job {
-            inputs,
-            tokens: tokens.iter().sum(),
-            enqueued: Instant::now(),
-            deadline,
-            reply,
-            span: tracing::Span::current(),
-            queue_span: tracing::info_span!("queue_wait", model = %self.name),
-        };
-        self.jobs
-            .try_push(job)
-            .map_err(|e| self.refused(e))
-            .inspect_err(|e| self.reject(e))?;
-        let output = match tokio::time::timeout_at(deadline.into(), answer).await {
-            Ok(answer) => answer.map_err(|_| EngineError::WorkerStopped(self.name.clone()))??,
-            Err(_) => {
-                metrics::counter!(names::EXPIRED, "model" => self.name.clone(), "reason" => "deadline")
-                    .increment(1);
-                return Err(EngineError::DeadlineExceeded);
+    /// The report once no model is loading (bounded: a test that hangs fails instead).
+    async fn settled(registry: &ModelRegistry) -> ReadinessReport {
+        let mut changes = registry.subscribe();
+        let wait = async {
+            loop {
+                let report = registry.readiness();
+                if report
+                    .models
+                    .values()
+                    .all(|m| m.state != ModelStatus::Loading)
+                {
+                    return report;
+                }
+                changes.changed().await.expect("the registry is alive");
             }
         };
-        Ok(Inference {
-            outputs: output.outputs,
-            tokens,
-            queue_wait: output.queue_wait,
-            compute: output.compute,
-            batch_size: output.batch_size,
-        })
+        tokio::time::timeout(Duration::from_secs(30), wait)
+            .await
+            .expect("every model settles")
     }
 
-    /// Requests waiting in this model's queue.
-    pub fn queue_depth(&self) -> usize {
-        self.jobs.depth()
+    fn json(report: &ReadinessReport) -> serde_json::Value {
+        serde_json::to_value(report).unwrap()
     }
 
-    /// The error for a request the queue refused.
-    fn refused(&self, admission: Admission) -> EngineError {
-        match admission {
-            Admission::Full => EngineError::QueueFull(self.name.clone()),
-            Admission::TooSlow(wait) => EngineError::QueueTooSlow {
-                model: self.name.clone(),
-                wait_ms: wait.as_millis() as u64,
-            },
-            Admission::Stopped => EngineError::WorkerStopped(self.name.clone()),
+    #[tokio::test]
+    async fn folders_that_cannot_load_are_failed_with_their_reasons() {
+        let broken = embedding_folder(WIDTH);
+        let narrow = embedding_folder(WIDTH);
+        let registry = ModelRegistry::new(vec![
+            source("missing", std::path::Path::new("/nonexistent/keel-model")),
+            source("broken", broken.path()),
+            source("narrow", narrow.path()),
+        ]);
+        let broken_dir = broken.path().to_path_buf();
+        registry.start_loading(
+            loader(move |spec| {
+                if spec.dir == broken_dir {
+                    Err(BackendError::load(&spec.dir, "no weights here"))
+                } else {
+                    // One value short of the model's width: warm-up must catch it.
+                    Ok(ScriptedBackend::new(WIDTH - 1))
+                }
+            }),
+            options(),
+        );
+        let report = settled(&registry).await;
+        assert_eq!(report.status, ReadinessStatus::Failed);
+        assert!(!report.is_ready());
+        let body = json(&report);
+        assert_eq!(body["status"], "failed");
+        for (model, why) in [
+            ("missing", "no such model folder"),
+            ("broken", "no weights here"),
+            ("narrow", "warm-up inference gave an unexpected output"),
+        ] {
+            assert_eq!(body["models"][model]["state"], "failed", "{model}");
+            let reason = body["models"][model]["reason"].as_str().unwrap();
+            assert!(reason.contains(why), "{model}: {reason}");
         }
+        assert!(matches!(
+            registry.get(Some("broken"), Task::Embedding),
+            Err(EngineError::NotReady { .. })
+        ));
     }
 
-    fn reject(&self, error: &EngineError) {
-        let reason = match error {
-            EngineError::QueueFull(_) => "queue_full",
-            EngineError::QueueTooSlow { .. } => "queue_wait",
-            EngineError::EmptyInput { .. } => "empty_input",
-            EngineError::InputTooLong { .. } => "input_too_long",
-            EngineError::Tokenization(_) => "tokenization",
-            _ => "other",
-        };
-        metrics::counter!(names::REJECTED, "model" => self.name.clone(), "reason" => reason)
-            .increment(1);
-    }
-}
+    #[tokio::test]
+    async fn a_model_is_loading_until_warmed_up_then_ready_then_draining() {
+        let folder = embedding_folder(WIDTH);
+        let registry = ModelRegistry::new(vec![source("tiny", folder.path())]);
+        let report = registry.readiness();
+        assert_eq!(report.status, ReadinessStatus::Loading);
+        assert_eq!(json(&report)["models"]["tiny"]["state"], "loading");
 
-fn count_characters(texts: &[String]) -> usize {
-    texts.iter().map(|t| t.chars().count()).sum()
+        let backend = ScriptedBackend::new(WIDTH);
+        let calls = backend.calls.clone();
+        let backend = std::sync::Mutex::new(Some(backend));
+        registry.start_loading(
+            loader(move |_| Ok(backend.lock().unwrap().take().expect("loaded once"))),
+            options(),
+        );
+        let report = settled(&registry).await;
+        assert_eq!(report.status, ReadinessStatus::Ready, "{report:?}");
+        assert!(report.is_ready());
+        assert_eq!(
+            json(&report),
+            serde_json::json!({"status": "ready", "models": {"tiny": {"state": "ready"}}})
+        );
+        assert_eq!(calls.load(Ordering::SeqCst), 1, "one warm-up inference");
+        assert_eq!(registry.summaries()[0].state, ModelStatus::Ready);
+
+        let model = registry.get(None, Task::Embedding).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let answer = model
+            .embed(vec!["keel keel".into()], deadline)
+            .await
+            .unwrap();
+        assert_eq!(answer.outputs.len(), 1);
+        assert_eq!(answer.tokens, [2]);
+
+        registry.set_draining();
+        let report = registry.readiness();
+        assert_eq!(report.status, ReadinessStatus::Draining);
+        assert!(!report.is_ready());
+        assert_eq!(json(&report)["status"], "draining");
+        assert_eq!(json(&report)["models"]["tiny"]["state"], "ready");
+    }
+
+    #[tokio::test]
+    async fn a_backend_that_keeps_panicking_fails_its_model_on_ready() {
+        let folder = embedding_folder(WIDTH);
+        let registry = ModelRegistry::new(vec![source("fragile", folder.path())]);
+        // Call 0 is the warm-up; every call after it panics.
+        registry.start_loading(
+            loader(|_| Ok(ScriptedBackend::panicking_on(WIDTH, |call| call > 0))),
+            options(),
+        );
+        assert!(settled(&registry).await.is_ready());
+        let model = registry.get(Some("fragile"), Task::Embedding).unwrap();
+        for k in 0..PANICS_BEFORE_FAILED {
+            assert!(registry.readiness().is_ready(), "failed after {k} panics");
+            let deadline = Instant::now() + Duration::from_secs(10);
+            match model.embed(vec!["keel".into()], deadline).await {
+                Err(e @ EngineError::BackendPanicked { .. }) => {
+                    assert!(e.to_string().contains("fragile"), "{e}")
+                }
+                other => panic!("expected the panic's error, got {other:?}"),
+            }
+        }
+        let report = registry.readiness();
+        assert_eq!(report.status, ReadinessStatus::Failed);
+        let reason = report.models["fragile"].reason.as_deref().unwrap();
+        assert!(reason.contains("panicked"), "{reason}");
+        assert_eq!(json(&report)["models"]["fragile"]["state"], "failed");
+        assert!(matches!(
+            registry.get(Some("fragile"), Task::Embedding),
+            Err(EngineError::NotReady { .. })
+        ));
+    }
 }

@@ -8,7 +8,7 @@ use std::path::Path;
 
 use tokenizers::{Tokenizer, TruncationDirection, TruncationParams, TruncationStrategy};
 
-use crate::error::EngineError;
+use crate::error::{EngineError, LoadError};
 
 /// One tokenized input, ready for batching.
 #[derive(Debug, Clone, PartialEq)]
@@ -35,10 +35,13 @@ pub struct TextTokenizer {
 }
 
 impl TextTokenizer {
-    pub fn load(dir: &Path, max_tokens: usize, truncate: bool) -> Result<Self, String> {
+    pub fn load(dir: &Path, max_tokens: usize, truncate: bool) -> Result<Self, LoadError> {
         let path = dir.join("tokenizer.json");
-        let mut inner = Tokenizer::from_file(&path)
-            .map_err(|e| format!("{}: cannot load tokenizer: {e}", path.display()))?;
+        let failed = |e: tokenizers::Error| LoadError::Tokenizer {
+            path: path.clone(),
+            reason: e.to_string(),
+        };
+        let mut inner = Tokenizer::from_file(&path).map_err(failed)?;
         inner.with_padding(None);
         inner
             .with_truncation(Some(TruncationParams {
@@ -47,7 +50,7 @@ impl TextTokenizer {
                 stride: 0,
                 direction: TruncationDirection::Right,
             }))
-            .map_err(|e| format!("{}: {e}", path.display()))?;
+            .map_err(failed)?;
         let pad_id = ["[PAD]", "<pad>"]
             .iter()
             .find_map(|t| inner.token_to_id(t))

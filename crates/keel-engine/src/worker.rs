@@ -1,50 +1,37 @@
 //! The thread that owns one model's backend, forms its batches and runs them.
 //!
-//! Requests wait on a bounded channel. Each round the worker takes the first request, then
+//! Each round the worker takes the first request off its [`queue`](crate::queue), then
 //! whatever else is queued (waiting up to `max_batch_delay` for more only when that is
 //! configured and the batch is not full), drops the requests that can no longer be answered
 //! (client gone, deadline passed) before they cost compute, sorts the inputs by length so
 //! padding stays small, and cuts them into batches bounded by `max_batch_size` inputs and
 //! `max_batch_tokens` padded tokens. A request's inputs may span batches; it is answered as
 //! soon as its last input is done. Inference never runs on the async runtime's threads.
+//!
+//! A backend that panics fails the round's requests and the worker carries on; after
+//! [`PANICS_BEFORE_FAILED`] panics in a row it reports its model failed.
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError};
+use crossbeam_channel::{Receiver, RecvTimeoutError, TryRecvError};
 use keel_telemetry::metrics::names;
 use tokio::sync::oneshot;
 
 use crate::backend::{Backend, EncodedBatch};
 use crate::error::EngineError;
+use crate::queue::{self, Intake, Job, JobOutput, JobQueue, JobResult, Pace};
 use crate::tokenize::TokenizedInput;
 
-/// What a job got back: one vector per input, and how it went.
-#[derive(Debug)]
-pub struct JobOutput {
-    pub outputs: Vec<Vec<f32>>,
-    /// From enqueueing to the start of the round that ran the job.
-    pub queue_wait: Duration,
-    /// Compute time of the batches the job's inputs ran in.
-    pub compute: Duration,
-    /// Inputs in the largest batch the job was part of.
-    pub batch_size: usize,
-}
+/// Backend panics in a row, with no successful batch between them, after which the worker
+/// reports its model failed. One panic may be one odd input; several in a row mean the
+/// backend is broken, and `/ready` should say so rather than keep accepting requests that
+/// are bound to fail.
+pub const PANICS_BEFORE_FAILED: u32 = 3;
 
-pub type JobResult = Result<JobOutput, EngineError>;
-
-pub struct Job {
-    pub inputs: Vec<TokenizedInput>,
-    pub tokens: usize,
-    pub enqueued: Instant,
-    pub deadline: Instant,
-    pub reply: oneshot::Sender<JobResult>,
-    /// The request's span: parent of this job's spans in the worker.
-    pub span: tracing::Span,
-    /// Open from enqueueing until the job's round starts, so traces show the queue wait.
-    pub queue_span: tracing::Span,
-}
+/// Called at most once, on the worker thread, when the model should count as failed; gets
+/// the reason.
+pub type FailureHook = Box<dyn FnOnce(String) + Send>;
 
 #[derive(Debug, Clone)]
 pub struct WorkerConfig {
@@ -55,156 +42,274 @@ pub struct WorkerConfig {
     pub pad_id: u32,
 }
 
-/// The sending side: admission control in requests (channel bound), in tokens, and in the
-/// time a new request would wait.
-#[derive(Clone)]
-pub struct JobQueue {
-    sender: Sender<Job>,
-    queued_tokens: Arc<AtomicUsize>,
-    max_queued_tokens: usize,
-    pace: Arc<Pace>,
-    max_wait: Option<Duration>,
-}
-
-pub enum Admission {
-    Full,
-    /// The queue ahead would take longer than the wait bound to drain.
-    TooSlow(Duration),
-    Stopped,
-}
-
-/// How fast the worker drains its queue: a moving average of compute seconds per real token,
-/// learned from the batches it runs (so it reflects the batch sizes the current load gives),
-/// and the tokens of the round running now, which a new request also waits for.
-#[derive(Default)]
-struct Pace {
-    seconds_per_token: AtomicU64,
-    running_tokens: AtomicUsize,
-}
-
-impl Pace {
-    fn seconds_per_token(&self) -> f64 {
-        f64::from_bits(self.seconds_per_token.load(Ordering::Relaxed))
-    }
-
-    fn observe(&self, tokens: usize, compute: Duration) {
-        if tokens == 0 {
-            return;
-        }
-        let sample = compute.as_secs_f64() / tokens as f64;
-        let old = self.seconds_per_token();
-        let new = if old == 0.0 {
-            sample
-        } else {
-            0.8 * old + 0.2 * sample
-        };
-        self.seconds_per_token
-            .store(new.to_bits(), Ordering::Relaxed);
-    }
-
-    /// The predicted wait of a request that finds `queued` tokens ahead of it (None until
-    /// the first batch has run).
-    fn wait(&self, queued: usize) -> Option<Duration> {
-        let spt = self.seconds_per_token();
-        let ahead = queued + self.running_tokens.load(Ordering::Relaxed);
-        (spt > 0.0).then(|| Duration::from_secs_f64(ahead as f64 * spt))
-    }
-}
-
-impl JobQueue {
-    /// Enqueues without waiting; refuses at once when the queue is full.
-    pub fn try_push(&self, job: Job) -> Result<(), Admission> {
-        let tokens = job.tokens;
-        let before = self.queued_tokens.fetch_add(tokens, Ordering::SeqCst);
-        // A single request larger than the whole budget is still admitted into an empty
-        // queue, or it could never run.
-        if before > 0 && before + tokens > self.max_queued_tokens {
-            self.queued_tokens.fetch_sub(tokens, Ordering::SeqCst);
-            return Err(Admission::Full);
-        }
-        // Refusing now, when the wait is predicted too long, keeps the admitted requests'
-        // latency bounded under overload and tells the client at once (429 + Retry-After)
-        // rather than after the wait.
-        if let Some(wait) = self.too_slow(before, job.deadline) {
-            self.queued_tokens.fetch_sub(tokens, Ordering::SeqCst);
-            return Err(Admission::TooSlow(wait));
-        }
-        self.sender.try_send(job).map_err(|e| {
-            self.queued_tokens.fetch_sub(tokens, Ordering::SeqCst);
-            match e {
-                crossbeam_channel::TrySendError::Full(_) => Admission::Full,
-                crossbeam_channel::TrySendError::Disconnected(_) => Admission::Stopped,
-            }
-        })
-    }
-
-    /// The predicted wait behind `queued` tokens, when it is longer than the bound: the
-    /// request's own deadline, or `max_wait` when that is shorter.
-    fn too_slow(&self, queued: usize, deadline: Instant) -> Option<Duration> {
-        let wait = self.pace.wait(queued)?;
-        let left = deadline.saturating_duration_since(Instant::now());
-        let bound = self.max_wait.map_or(left, |max| max.min(left));
-        (queued > 0 && wait > bound).then_some(wait)
-    }
-
-    /// Whether the queue as it stands is already predicted to take longer than the bound: a
-    /// cheap check before the caller spends work (tokenization) on a request.
-    pub fn over_bound(&self, deadline: Instant) -> Option<Duration> {
-        self.too_slow(self.queued_tokens.load(Ordering::SeqCst), deadline)
-    }
-
-    pub fn depth(&self) -> usize {
-        self.sender.len()
-    }
+/// How many requests and tokens may wait, and how long a new request may expect to wait.
+#[derive(Debug, Clone, Copy)]
+pub struct QueueLimits {
+    pub max_requests: usize,
+    pub max_tokens: usize,
+    /// Refuse a request at once when its predicted wait is longer (None: its deadline).
+    pub max_wait: Option<Duration>,
 }
 
 /// Starts the worker thread; it ends when every [`JobQueue`] clone is dropped.
 pub fn spawn(
     config: WorkerConfig,
     backend: Box<dyn Backend>,
-    max_queued_requests: usize,
-    max_queued_tokens: usize,
-    max_wait: Option<Duration>,
+    limits: QueueLimits,
+    on_failed: FailureHook,
 ) -> JobQueue {
-    let (sender, receiver) = crossbeam_channel::bounded(max_queued_requests);
-    let queued_tokens = Arc::new(AtomicUsize::new(0));
-    let pace = Arc::new(Pace::default());
-    let (counter, worker_pace) = (queued_tokens.clone(), pace.clone());
+    let (jobs, intake) = queue::bounded(limits.max_requests, limits.max_tokens, limits.max_wait);
+    let worker = Worker {
+        config,
+        backend,
+        health: Health {
+            consecutive_panics: 0,
+            on_failed: Some(on_failed),
+        },
+    };
     std::thread::Builder::new()
-        .name(format!("keel-infer-{}", config.model))
-        .spawn(move || run(config, backend, receiver, counter, worker_pace))
+        .name(format!("keel-infer-{}", worker.config.model))
+        .spawn(move || worker.run(intake))
         .expect("spawning an inference thread");
-    JobQueue {
-        sender,
-        queued_tokens,
-        max_queued_tokens,
-        pace,
-        max_wait,
-    }
+    jobs
 }
 
-fn run(
+struct Worker {
     config: WorkerConfig,
     backend: Box<dyn Backend>,
-    receiver: Receiver<Job>,
-    queued_tokens: Arc<AtomicUsize>,
-    pace: Arc<Pace>,
-) {
-    while let Ok(first) = receiver.recv() {
-        let jobs = collect(&config, first, &receiver);
-        let taken: usize = jobs.iter().map(|j| j.tokens).sum();
-        pace.running_tokens.store(taken, Ordering::Relaxed);
-        queued_tokens.fetch_sub(taken, Ordering::SeqCst);
-        metrics::gauge!(names::QUEUE_DEPTH, "model" => config.model.clone())
-            .set(receiver.len() as f64);
-        let jobs = drop_unanswerable(&config, jobs);
-        if !jobs.is_empty() {
-            run_round(&config, backend.as_ref(), jobs, &pace);
+    health: Health,
+}
+
+/// Counts backend panics and reports the model failed when they keep coming.
+struct Health {
+    consecutive_panics: u32,
+    on_failed: Option<FailureHook>,
+}
+
+impl Health {
+    fn succeeded(&mut self) {
+        self.consecutive_panics = 0;
+    }
+
+    fn panicked(&mut self, model: &str) {
+        metrics::counter!(names::BACKEND_PANICS, "model" => model.to_string()).increment(1);
+        self.consecutive_panics += 1;
+        if self.consecutive_panics >= PANICS_BEFORE_FAILED {
+            if let Some(on_failed) = self.on_failed.take() {
+                on_failed(format!(
+                    "the backend panicked in {} batches in a row; restart to reload the model",
+                    self.consecutive_panics
+                ));
+            }
         }
-        pace.running_tokens.store(0, Ordering::Relaxed);
+    }
+
+    /// The backend's forward pass, with a panic caught rather than ending the thread and
+    /// counted.
+    fn forward(
+        &mut self,
+        backend: &dyn Backend,
+        model: &str,
+        batch: &EncodedBatch,
+    ) -> Result<Vec<Vec<f32>>, Failure> {
+        // AssertUnwindSafe: after a panic the backend is used again only by this thread, and
+        // a backend that keeps panicking gets the model marked failed (see `panicked`); its
+        // own locks recover from poisoning by the workspace's policy.
+        match catch_unwind(AssertUnwindSafe(|| backend.forward(batch))) {
+            Ok(Ok(vectors)) => {
+                self.succeeded();
+                Ok(vectors)
+            }
+            Ok(Err(e)) => Err(Failure::Error(e.to_string())),
+            Err(payload) => {
+                let message = panic_message(payload.as_ref());
+                // Before the replies go out, so that a caller who sees the error also sees
+                // the counter and, after repeated panics, the model's failed state.
+                self.panicked(model);
+                Err(Failure::Panic(message))
+            }
+        }
     }
 }
 
+/// Why a forward pass gave no vectors.
+enum Failure {
+    /// The backend returned an error.
+    Error(String),
+    /// The backend panicked; the panic's message.
+    Panic(String),
+}
+
+impl Failure {
+    /// The error each request of the failed round gets.
+    fn to_engine_error(&self, model: &str) -> EngineError {
+        match self {
+            Failure::Error(e) => EngineError::Inference(e.clone()),
+            Failure::Panic(_) => EngineError::BackendPanicked {
+                model: model.to_string(),
+            },
+        }
+    }
+}
+
+struct Pending {
+    outputs: Vec<Option<Vec<f32>>>,
+    remaining: usize,
+    compute: Duration,
+    batch_size: usize,
+    queue_wait: Duration,
+}
+
+type Reply = Option<(oneshot::Sender<JobResult>, tracing::Span)>;
+
+impl Worker {
+    fn run(mut self, intake: Intake) {
+        while let Ok(first) = intake.receiver.recv() {
+            let jobs = collect(&self.config, first, &intake.receiver);
+            intake.start_round(&jobs);
+            metrics::gauge!(names::QUEUE_DEPTH, "model" => self.config.model.clone())
+                .set(intake.receiver.len() as f64);
+            let jobs = drop_unanswerable(&self.config, jobs);
+            if !jobs.is_empty() {
+                self.run_round(jobs, &intake.pace);
+            }
+            intake.end_round();
+        }
+    }
+
+    fn run_round(&mut self, jobs: Vec<Job>, pace: &Pace) {
+        let config = &self.config;
+        let started = Instant::now();
+        let mut pending: Vec<Pending> = jobs
+            .iter()
+            .map(|job| {
+                let queue_wait = started.saturating_duration_since(job.enqueued);
+                metrics::histogram!(names::QUEUE_WAIT, "model" => config.model.clone())
+                    .record(queue_wait.as_secs_f64());
+                Pending {
+                    outputs: vec![None; job.inputs.len()],
+                    remaining: job.inputs.len(),
+                    compute: Duration::ZERO,
+                    batch_size: 0,
+                    queue_wait,
+                }
+            })
+            .collect();
+        let mut replies: Vec<Reply> = Vec::with_capacity(jobs.len());
+        let mut inputs: Vec<Vec<TokenizedInput>> = Vec::with_capacity(jobs.len());
+        let mut spans = Vec::with_capacity(jobs.len());
+        for job in jobs {
+            drop(job.queue_span);
+            let inference =
+                tracing::info_span!(parent: &job.span, "inference", model = %config.model);
+            replies.push(Some((job.reply, inference)));
+            spans.push(job.span);
+            inputs.push(job.inputs);
+        }
+
+        for batch_items in plan(config, &inputs) {
+            let rows: Vec<&TokenizedInput> =
+                batch_items.iter().map(|&(j, i)| &inputs[j][i]).collect();
+            let batch = EncodedBatch::pad(&rows, config.pad_id);
+            let batch_span = tracing::info_span!(
+                parent: None,
+                "batch",
+                model = %config.model,
+                batch_size = batch.batch_size,
+                seq_len = batch.seq_len
+            );
+            for &(j, _) in &batch_items {
+                batch_span.follows_from(&spans[j]);
+            }
+            let batch_started = Instant::now();
+            let result = batch_span.in_scope(|| {
+                self.health
+                    .forward(self.backend.as_ref(), &config.model, &batch)
+            });
+            let compute = batch_started.elapsed();
+            let failure = match result {
+                Ok(vectors) => {
+                    record_batch(config, &batch, compute);
+                    pace.observe(batch.real_tokens(), compute);
+                    answer(
+                        &batch_items,
+                        vectors,
+                        &batch,
+                        compute,
+                        &mut pending,
+                        &mut replies,
+                    );
+                    continue;
+                }
+                Err(failure) => failure,
+            };
+            match &failure {
+                Failure::Error(e) => {
+                    tracing::error!(model = %config.model, error = %e, "inference failed")
+                }
+                Failure::Panic(message) => {
+                    tracing::error!(model = %config.model, panic = %message, "the backend panicked")
+                }
+            }
+            // A failed or panicked batch fails every request of the round still waiting:
+            // the backend just misbehaved, so the rest of the round is not fed to it.
+            for (reply, _) in replies.iter_mut().filter_map(Option::take) {
+                let _ = reply.send(Err(failure.to_engine_error(&config.model)));
+            }
+            return;
+        }
+    }
+}
+
+/// Files a batch's vectors under their jobs, and answers each job whose last input this was.
+fn answer(
+    batch_items: &[(usize, usize)],
+    vectors: Vec<Vec<f32>>,
+    batch: &EncodedBatch,
+    compute: Duration,
+    pending: &mut [Pending],
+    replies: &mut [Reply],
+) {
+    for ((j, i), vector) in batch_items.iter().copied().zip(vectors) {
+        let p = &mut pending[j];
+        p.outputs[i] = Some(vector);
+        p.remaining -= 1;
+    }
+    let mut seen = Vec::new();
+    for &(j, _) in batch_items {
+        if seen.contains(&j) {
+            continue;
+        }
+        seen.push(j);
+        let p = &mut pending[j];
+        p.compute += compute;
+        p.batch_size = p.batch_size.max(batch.batch_size);
+        if p.remaining == 0 {
+            if let Some((reply, _inference_span)) = replies[j].take() {
+                let outputs = std::mem::take(&mut p.outputs)
+                    .into_iter()
+                    .map(|o| o.expect("every input of a finished job has an output"))
+                    .collect();
+                // The caller may have left meanwhile; nothing to do then.
+                let _ = reply.send(Ok(JobOutput {
+                    outputs,
+                    queue_wait: p.queue_wait,
+                    compute: p.compute,
+                    batch_size: p.batch_size,
+                }));
+            }
+        }
+    }
+}
+
+/// The text a panic carried, when it was a string (as `panic!` and `expect` make it).
+pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".into())
+}
 /// The first job plus what is queued, up to one full batch of inputs.
 fn collect(config: &WorkerConfig, first: Job, receiver: &Receiver<Job>) -> Vec<Job> {
     let wait_until = Instant::now() + config.max_batch_delay;
@@ -243,106 +348,6 @@ fn drop_unanswerable(config: &WorkerConfig, jobs: Vec<Job>) -> Vec<Job> {
         let _ = job.reply.send(Err(EngineError::DeadlineExceeded));
     }
     kept
-}
-
-struct Pending {
-    outputs: Vec<Option<Vec<f32>>>,
-    remaining: usize,
-    compute: Duration,
-    batch_size: usize,
-    queue_wait: Duration,
-}
-
-fn run_round(config: &WorkerConfig, backend: &dyn Backend, jobs: Vec<Job>, pace: &Pace) {
-    let started = Instant::now();
-    let mut pending: Vec<Pending> = jobs
-        .iter()
-        .map(|job| {
-            let queue_wait = started.saturating_duration_since(job.enqueued);
-            metrics::histogram!(names::QUEUE_WAIT, "model" => config.model.clone())
-                .record(queue_wait.as_secs_f64());
-            Pending {
-                outputs: vec![None; job.inputs.len()],
-                remaining: job.inputs.len(),
-                compute: Duration::ZERO,
-                batch_size: 0,
-                queue_wait,
-            }
-        })
-        .collect();
-    let mut replies: Vec<Option<(oneshot::Sender<JobResult>, tracing::Span)>> =
-        Vec::with_capacity(jobs.len());
-    let mut inputs: Vec<Vec<TokenizedInput>> = Vec::with_capacity(jobs.len());
-    let mut spans = Vec::with_capacity(jobs.len());
-    for job in jobs {
-        drop(job.queue_span);
-        let inference = tracing::info_span!(parent: &job.span, "inference", model = %config.model);
-        replies.push(Some((job.reply, inference)));
-        spans.push(job.span);
-        inputs.push(job.inputs);
-    }
-    let batches = plan(config, &inputs);
-
-    for batch_items in batches {
-        let rows: Vec<&TokenizedInput> = batch_items.iter().map(|&(j, i)| &inputs[j][i]).collect();
-        let batch = EncodedBatch::pad(&rows, config.pad_id);
-        let batch_span = tracing::info_span!(
-            parent: None,
-            "batch",
-            model = %config.model,
-            batch_size = batch.batch_size,
-            seq_len = batch.seq_len
-        );
-        for &(j, _) in &batch_items {
-            batch_span.follows_from(&spans[j]);
-        }
-        let batch_started = Instant::now();
-        let result = batch_span.in_scope(|| backend.forward(&batch));
-        let compute = batch_started.elapsed();
-        match result {
-            Ok(vectors) => {
-                record_batch(config, &batch, compute);
-                pace.observe(batch.real_tokens(), compute);
-                for ((j, i), vector) in batch_items.iter().copied().zip(vectors) {
-                    let p = &mut pending[j];
-                    p.outputs[i] = Some(vector);
-                    p.remaining -= 1;
-                }
-                let mut seen = Vec::new();
-                for &(j, _) in &batch_items {
-                    if seen.contains(&j) {
-                        continue;
-                    }
-                    seen.push(j);
-                    let p = &mut pending[j];
-                    p.compute += compute;
-                    p.batch_size = p.batch_size.max(batch.batch_size);
-                    if p.remaining == 0 {
-                        if let Some((reply, _inference_span)) = replies[j].take() {
-                            let outputs = std::mem::take(&mut p.outputs)
-                                .into_iter()
-                                .map(|o| o.expect("every input of a finished job has an output"))
-                                .collect();
-                            // The caller may have left meanwhile; nothing to do then.
-                            let _ = reply.send(Ok(JobOutput {
-                                outputs,
-                                queue_wait: p.queue_wait,
-                                compute: p.compute,
-                                batch_size: p.batch_size,
-                            }));
-                        }
-                    }
-                }
-            }
-            Err(e) => {
-                tracing::error!(model = %config.model, error = %e, "inference failed");
-                for (reply, _) in replies.iter_mut().filter_map(Option::take) {
-                    let _ = reply.send(Err(EngineError::Inference(e.0.clone())));
-                }
-                return;
-            }
-        }
-    }
 }
 
 /// The round's inputs as (job, input) pairs, sorted by length so padding stays small, cut
@@ -391,27 +396,12 @@ fn record_batch(config: &WorkerConfig, batch: &EncodedBatch, compute: Duration) 
 
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::Ordering;
+    use std::sync::mpsc;
+
     use super::*;
-    use crate::backend::BackendError;
-
-    /// Echoes each input's length and its batch's size, so tests see how batches formed.
-    struct ShapeBackend;
-
-    impl Backend for ShapeBackend {
-        fn forward(&self, batch: &EncodedBatch) -> Result<Vec<Vec<f32>>, BackendError> {
-            Ok(batch
-                .attention_mask
-                .chunks(batch.seq_len)
-                .map(|row| {
-                    vec![
-                        row.iter().sum::<u32>() as f32,
-                        batch.batch_size as f32,
-                        batch.seq_len as f32,
-                    ]
-                })
-                .collect())
-        }
-    }
+    use crate::queue::tests::job;
+    use crate::testing::{self, ScriptedBackend};
 
     fn input(len: usize) -> TokenizedInput {
         TokenizedInput {
@@ -430,20 +420,23 @@ mod tests {
         }
     }
 
-    fn job(lens: &[usize], deadline: Duration) -> (Job, oneshot::Receiver<JobResult>) {
-        let (reply, rx) = oneshot::channel();
-        let inputs: Vec<_> = lens.iter().map(|&n| input(n)).collect();
-        let now = Instant::now();
-        let job = Job {
-            tokens: lens.iter().sum(),
-            inputs,
-            enqueued: now,
-            deadline: now + deadline,
-            reply,
-            span: tracing::Span::none(),
-            queue_span: tracing::Span::none(),
-        };
-        (job, rx)
+    fn limits() -> QueueLimits {
+        QueueLimits {
+            max_requests: 8,
+            max_tokens: 10_000,
+            max_wait: None,
+        }
+    }
+
+    /// A hook that reports the failure reason on a channel.
+    fn failure_hook() -> (FailureHook, mpsc::Receiver<String>) {
+        let (tx, rx) = mpsc::channel();
+        (
+            Box::new(move |reason| {
+                let _ = tx.send(reason);
+            }),
+            rx,
+        )
     }
 
     #[test]
@@ -468,7 +461,13 @@ mod tests {
 
     #[tokio::test]
     async fn answers_in_input_order_across_batches() {
-        let queue = spawn(config(2, 10_000), Box::new(ShapeBackend), 8, 10_000, None);
+        let (hook, _) = failure_hook();
+        let queue = spawn(
+            config(2, 10_000),
+            Box::new(ScriptedBackend::new(3)),
+            limits(),
+            hook,
+        );
         let (job, rx) = job(&[30, 1, 20, 2, 10], Duration::from_secs(10));
         assert!(queue.try_push(job).is_ok());
         let out = rx.await.unwrap().unwrap();
@@ -480,94 +479,106 @@ mod tests {
 
     #[tokio::test]
     async fn expired_and_abandoned_requests_cost_no_compute() {
-        let queue = spawn(config(4, 10_000), Box::new(ShapeBackend), 8, 10_000, None);
+        let backend = ScriptedBackend::new(3);
+        let rows = backend.rows.clone();
+        let (hook, _) = failure_hook();
+        let queue = spawn(config(4, 10_000), Box::new(backend), limits(), hook);
         let (expired, expired_rx) = job(&[3], Duration::ZERO);
         let (abandoned, abandoned_rx) = job(&[3], Duration::from_secs(10));
         drop(abandoned_rx);
-        assert!(queue.try_push(expired).is_ok());
-        assert!(queue.try_push(abandoned).is_ok());
+        // Queued behind the other two, so its answer means they have been dealt with.
+        let (live, live_rx) = job(&[5], Duration::from_secs(10));
+        for job in [expired, abandoned, live] {
+            assert!(queue.try_push(job).is_ok());
+        }
         assert!(matches!(
             expired_rx.await.unwrap(),
             Err(EngineError::DeadlineExceeded)
         ));
+        let out = live_rx.await.unwrap().unwrap();
+        assert_eq!(out.outputs, [vec![5.0, 1.0, 5.0]]);
+        assert_eq!(
+            rows.load(Ordering::SeqCst),
+            1,
+            "only the live request's input reaches the backend"
+        );
     }
 
-    #[test]
-    fn a_full_queue_refuses_at_once() {
-        // No worker drains this channel, so it fills.
-        let (sender, _receiver) = crossbeam_channel::bounded(1);
-        let queue = JobQueue {
-            sender,
-            queued_tokens: Arc::new(AtomicUsize::new(0)),
-            max_queued_tokens: 10,
-            pace: Arc::new(Pace::default()),
-            max_wait: None,
+    #[tokio::test]
+    async fn a_panicking_batch_fails_its_requests_and_the_worker_keeps_serving() {
+        let model = "panics-on-the-first-batch";
+        let before = testing::counter(names::BACKEND_PANICS, model);
+        let backend = ScriptedBackend::panicking_on(3, |call| call == 0);
+        let (hook, failed) = failure_hook();
+        let config = WorkerConfig {
+            model: model.into(),
+            ..config(4, 10_000)
         };
-        assert!(queue.try_push(job(&[4], Duration::from_secs(1)).0).is_ok());
-        assert!(matches!(
-            queue.try_push(job(&[4], Duration::from_secs(1)).0),
-            Err(Admission::Full)
-        ));
-        // The token budget refuses too, before the channel bound.
-        let (sender, _receiver) = crossbeam_channel::bounded(10);
-        let queue = JobQueue {
-            sender,
-            queued_tokens: Arc::new(AtomicUsize::new(0)),
-            max_queued_tokens: 10,
-            pace: Arc::new(Pace::default()),
-            max_wait: None,
+        let queue = spawn(config, Box::new(backend), limits(), hook);
+
+        let (first, first_rx) = job(&[3, 4], Duration::from_secs(10));
+        assert!(queue.try_push(first).is_ok());
+        match first_rx.await.unwrap() {
+            Err(e @ EngineError::BackendPanicked { .. }) => {
+                assert!(e.to_string().contains(model), "{e}")
+            }
+            other => panic!("expected the panic's error, got {other:?}"),
+        }
+        assert_eq!(testing::counter(names::BACKEND_PANICS, model), before + 1);
+
+        let (next, next_rx) = job(&[2], Duration::from_secs(10));
+        assert!(queue.try_push(next).is_ok());
+        let out = next_rx
+            .await
+            .unwrap()
+            .expect("the worker survived the panic");
+        assert_eq!(out.outputs, [vec![2.0, 1.0, 2.0]]);
+        assert!(
+            failed.try_recv().is_err(),
+            "one panic does not fail the model"
+        );
+    }
+
+    #[tokio::test]
+    async fn panics_in_a_row_report_the_model_failed_and_a_success_resets_the_count() {
+        let model = "keeps-panicking";
+        let before = testing::counter(names::BACKEND_PANICS, model);
+        let n = PANICS_BEFORE_FAILED as usize;
+        // Panics on every call but call n - 1: n - 1 panics, a success, then panics.
+        let backend = ScriptedBackend::panicking_on(3, move |call| call != n - 1);
+        let (hook, failed) = failure_hook();
+        let config = WorkerConfig {
+            model: model.into(),
+            ..config(4, 10_000)
         };
-        assert!(queue.try_push(job(&[8], Duration::from_secs(1)).0).is_ok());
-        assert!(matches!(
-            queue.try_push(job(&[8], Duration::from_secs(1)).0),
-            Err(Admission::Full)
-        ));
-    }
-
-    /// A queue no worker drains (the receiver is returned to keep it open), whose pace is
-    /// what a worker would have learned: 1 ms per token.
-    fn paced_queue(max_wait: Option<Duration>) -> (JobQueue, Receiver<Job>) {
-        let (sender, receiver) = crossbeam_channel::bounded(100);
-        let pace = Arc::new(Pace::default());
-        pace.observe(10, Duration::from_millis(10));
-        let queue = JobQueue {
-            sender,
-            queued_tokens: Arc::new(AtomicUsize::new(0)),
-            max_queued_tokens: 100_000,
-            pace,
-            max_wait,
+        let queue = spawn(config, Box::new(backend), limits(), hook);
+        let run = |lens: &[usize]| {
+            let (job, rx) = job(lens, Duration::from_secs(10));
+            assert!(queue.try_push(job).is_ok());
+            rx
         };
-        (queue, receiver)
-    }
-
-    #[test]
-    fn a_queue_predicted_to_drain_too_slowly_refuses_at_once() {
-        let (queue, _receiver) = paced_queue(Some(Duration::from_millis(50)));
-        let pace = queue.pace.clone();
-        // Up to 40 tokens ahead (40 ms) a request is admitted; 50 + 20 running (70 ms) not.
-        for _ in 0..5 {
-            assert!(queue.try_push(job(&[10], Duration::from_secs(1)).0).is_ok());
+        for _ in 0..n - 1 {
+            assert!(matches!(
+                run(&[3]).await.unwrap(),
+                Err(EngineError::BackendPanicked { .. })
+            ));
         }
-        pace.running_tokens.store(20, Ordering::Relaxed);
-        match queue.try_push(job(&[10], Duration::from_secs(1)).0) {
-            Err(Admission::TooSlow(wait)) => assert_eq!(wait.as_millis(), 70),
-            _ => panic!("a 70 ms wait exceeds the 50 ms bound"),
+        assert!(run(&[3]).await.unwrap().is_ok());
+        for k in 0..n {
+            assert!(
+                failed.try_recv().is_err(),
+                "failed after {k} panics in a row"
+            );
+            assert!(matches!(
+                run(&[3]).await.unwrap(),
+                Err(EngineError::BackendPanicked { .. })
+            ));
         }
-    }
-
-    #[test]
-    fn without_a_bound_a_request_that_would_miss_its_deadline_is_refused() {
-        let (queue, _receiver) = paced_queue(None);
-        for _ in 0..10 {
-            assert!(queue
-                .try_push(job(&[10], Duration::from_secs(10)).0)
-                .is_ok());
-        }
-        // 100 ms of work ahead: a 50 ms deadline cannot be met, a 1 s one can.
-        assert!(matches!(
-            queue.try_push(job(&[10], Duration::from_millis(50)).0),
-            Err(Admission::TooSlow(_))
-        ));
-        assert!(queue.try_push(job(&[10], Duration::from_secs(1)).0).is_ok());
+        let reason = failed.try_recv().expect("the model is reported failed");
+        assert!(reason.contains("panicked"), "{reason}");
+        assert_eq!(
+            testing::counter(names::BACKEND_PANICS, model),
+            before + 2 * n as u64 - 1
+        );
     }
 }

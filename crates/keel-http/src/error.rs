@@ -87,9 +87,38 @@ impl From<EngineError> for ApiError {
             EngineError::QueueFull(_) | EngineError::QueueTooSlow { .. } => {
                 Self::new(S::TOO_MANY_REQUESTS, "queue_full", message).retry_after(1)
             }
-            EngineError::Inference(_) | EngineError::WorkerStopped(_) => {
+            // A panic in the tokenizer or the backend is the server's fault, whatever the
+            // input; the message names the model.
+            EngineError::Inference(_)
+            | EngineError::WorkerStopped(_)
+            | EngineError::BackendPanicked { .. }
+            | EngineError::TokenizerPanicked { .. } => {
                 Self::new(S::INTERNAL_SERVER_ERROR, "inference_failed", message)
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn panics_are_server_errors_that_name_the_model() {
+        for e in [
+            EngineError::BackendPanicked {
+                model: "sentiment".into(),
+            },
+            EngineError::TokenizerPanicked {
+                model: "sentiment".into(),
+            },
+        ] {
+            let api = ApiError::from(e);
+            assert_eq!(api.status, StatusCode::INTERNAL_SERVER_ERROR);
+            assert_eq!(api.code, "inference_failed");
+            assert!(api.message.contains("sentiment"), "{}", api.message);
+        }
+        let api = ApiError::from(EngineError::Tokenization("bad input".into()));
+        assert_eq!(api.status, StatusCode::UNPROCESSABLE_ENTITY);
     }
 }

@@ -14,7 +14,7 @@ pub mod metrics;
 pub mod redis_store;
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use gcra::{Mode, Rate, Verdict};
@@ -218,7 +218,9 @@ impl Limiter {
         }
         let verdicts = match &self.store {
             Store::Memory(map) => {
-                let mut map = map.lock().expect("not poisoned");
+                // A panicked holder cannot leave the map half-written (each entry is one
+                // insert), so a poisoned lock is used as is: the workspace's policy.
+                let mut map = map.lock().unwrap_or_else(PoisonError::into_inner);
                 let now = now_us();
                 let evaluated: Vec<_> = meters
                     .iter()
@@ -326,7 +328,7 @@ impl Charge {
             // In memory the charge lands before this returns, so the caller's next request
             // already sees it.
             Store::Memory(map) => {
-                let mut map = map.lock().expect("not poisoned");
+                let mut map = map.lock().unwrap_or_else(PoisonError::into_inner);
                 for (rate, key, cost) in charges {
                     let tat = gcra::charge(rate, cost, map.get(&key).copied(), now_us());
                     map.insert(key, tat);

@@ -9,7 +9,7 @@
 //! background probe reconnects. What a request does meanwhile is the limiter's failure policy.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use redis::aio::MultiplexedConnection;
@@ -94,7 +94,10 @@ impl RedisStore {
     }
 
     pub fn last_error(&self) -> String {
-        self.last_error.lock().expect("not poisoned").clone()
+        self.last_error
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     fn connection(&self) -> Result<MultiplexedConnection, StoreDown> {
@@ -103,14 +106,20 @@ impl RedisStore {
         }
         self.connection
             .lock()
-            .expect("not poisoned")
+            .unwrap_or_else(PoisonError::into_inner)
             .clone()
             .ok_or_else(|| StoreDown("not connected".into()))
     }
 
     fn mark_down(&self, error: String) {
-        *self.connection.lock().expect("not poisoned") = None;
-        *self.last_error.lock().expect("not poisoned") = error.clone();
+        *self
+            .connection
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = None;
+        *self
+            .last_error
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = error.clone();
         if self.up.swap(false, Ordering::Relaxed) {
             tracing::warn!(target: "keel::limits", error = %error, "rate-limit store (Redis) unreachable");
         }
@@ -183,7 +192,11 @@ impl RedisStore {
     async fn probe(&self) {
         // The probe is off the request path, so it may wait longer than a request would.
         let patience = self.timeout.max(Duration::from_millis(500));
-        let existing = self.connection.lock().expect("not poisoned").clone();
+        let existing = self
+            .connection
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
         let connection = match existing {
             Some(c) => c,
             None => {
@@ -204,7 +217,10 @@ impl RedisStore {
         .await;
         match pong {
             Ok(Ok(_)) => {
-                *self.connection.lock().expect("not poisoned") = Some(connection);
+                *self
+                    .connection
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner) = Some(connection);
                 if !self.up.swap(true, Ordering::Relaxed) {
                     tracing::info!(target: "keel::limits", "rate-limit store (Redis) reachable");
                 }

@@ -22,6 +22,7 @@ pub mod names {
     pub const IN_FLIGHT: &str = "keel_inference_requests_in_flight";
     pub const REJECTED: &str = "keel_rejected_requests_total";
     pub const EXPIRED: &str = "keel_expired_requests_total";
+    pub const BACKEND_PANICS: &str = "keel_backend_panics_total";
     pub const INFERENCE_INPUTS: &str = "keel_inference_inputs_total";
     pub const PREDICTIONS: &str = "keel_predictions_total";
     pub const PREDICTION_SCORE: &str = "keel_prediction_score";
@@ -104,6 +105,10 @@ fn describe() {
     describe_counter!(
         EXPIRED,
         "Requests dropped from the queue because the client left, by model"
+    );
+    describe_counter!(
+        BACKEND_PANICS,
+        "Forward passes in which the backend panicked (the batch's requests got a 500), by model"
     );
     describe_counter!(INFERENCE_INPUTS, "Inputs run through the model, by model");
     describe_counter!(

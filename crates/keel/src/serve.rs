@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use keel_engine::registry::EngineOptions;
-use keel_engine::{BackendLoader, ModelRegistry};
+use keel_engine::{BackendLoader, ModelRegistry, ReadinessStatus};
 use keel_http::server::ServerOptions;
 use keel_http::{AppState, Limits};
 use metrics_exporter_prometheus::PrometheusHandle;
@@ -183,7 +183,7 @@ async fn exit_when_a_model_fails(registry: Arc<ModelRegistry>) {
     let mut changes = registry.subscribe();
     loop {
         let report = registry.readiness();
-        if report.status == "failed" {
+        if report.status == ReadinessStatus::Failed {
             tracing::error!(models = ?report.models, "a model failed to load and KEEL_FAIL_FAST is set; exiting");
             std::process::exit(1);
         }
