@@ -291,41 +291,14 @@ fn max_input_tokens(dir: &Path, config: &Value, arch: Architecture) -> Result<us
 mod tests {
     use super::*;
 
-    fn folder(files: &[(&str, &str)]) -> tempdir::TempFolder {
-        let dir = tempdir::TempFolder::new();
+    fn folder(files: &[(&str, &str)]) -> crate::testing::TempFolder {
+        let dir = crate::testing::TempFolder::new();
         for (name, body) in files {
             let path = dir.path().join(name);
             fs::create_dir_all(path.parent().unwrap()).unwrap();
             fs::write(path, body).unwrap();
         }
         dir
-    }
-
-    mod tempdir {
-        use std::path::{Path, PathBuf};
-        use std::sync::atomic::{AtomicUsize, Ordering};
-
-        pub struct TempFolder(PathBuf);
-        impl TempFolder {
-            pub fn new() -> Self {
-                static N: AtomicUsize = AtomicUsize::new(0);
-                let p = std::env::temp_dir().join(format!(
-                    "keel-spec-{}-{}",
-                    std::process::id(),
-                    N.fetch_add(1, Ordering::SeqCst)
-                ));
-                std::fs::create_dir_all(&p).unwrap();
-                Self(p)
-            }
-            pub fn path(&self) -> &Path {
-                &self.0
-            }
-        }
-        impl Drop for TempFolder {
-            fn drop(&mut self) {
-                let _ = std::fs::remove_dir_all(&self.0);
-            }
-        }
     }
 
     #[test]
