@@ -7,7 +7,11 @@
 //! says the run means it: a test whose model is missing then prints that it skips, and passes.
 //! `ORT_DYLIB_PATH` and `KEEL_MODELS_DIR` override the two locations.
 
+mod common;
+
 use std::path::PathBuf;
+
+use common::{dylib, required_model};
 
 use keel_backend_ort::{OrtOptions, Precision};
 use keel_engine::tokenize::TextTokenizer;
@@ -27,44 +31,6 @@ const TEXTS: &[&str] = &[
     "Numbers 3.14159 and dates 2024-01-01 tokenize into many pieces.",
     "not bad at all, actually pretty good",
 ];
-
-fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-fn dylib() -> PathBuf {
-    std::env::var_os("ORT_DYLIB_PATH")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo_root().join("models/onnxruntime/libonnxruntime.so"))
-}
-
-fn model_dir(name: &str) -> PathBuf {
-    std::env::var_os("KEEL_MODELS_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo_root().join("models"))
-        .join(name)
-}
-
-/// The model's folder; None (after saying so) only when it is missing and
-/// `KEEL_ALLOW_MISSING_MODELS=1`. Otherwise a missing model fails the test.
-fn required_model(name: &str) -> Option<PathBuf> {
-    let dir = model_dir(name);
-    if dir.join("model.safetensors").exists() {
-        return Some(dir);
-    }
-    let allowed = std::env::var_os("KEEL_ALLOW_MISSING_MODELS").is_some_and(|v| v == "1");
-    assert!(
-        allowed,
-        "{} is missing: run scripts/fetch-models.sh, or set KEEL_ALLOW_MISSING_MODELS=1 to skip \
-         the tests that need it",
-        dir.display()
-    );
-    println!(
-        "skipping: {} is missing and KEEL_ALLOW_MISSING_MODELS=1",
-        dir.display()
-    );
-    None
-}
 
 fn options(precision: Precision) -> OrtOptions {
     OrtOptions {

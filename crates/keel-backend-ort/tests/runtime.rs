@@ -5,7 +5,9 @@
 //! `ORT_DYLIB_PATH` and `KEEL_MODELS_DIR` override the two locations. The checks live in one
 //! test: the environment, the log subscriber and the thread count are all per process.
 
-use std::path::PathBuf;
+mod common;
+
+use common::{dylib, model_dir};
 use std::sync::{Arc, Mutex};
 
 use keel_backend_ort::{OrtOptions, Precision};
@@ -15,23 +17,6 @@ use tracing_subscriber::layer::{Context, SubscriberExt};
 use tracing_subscriber::Layer;
 
 const THREADS: usize = 4;
-
-fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-fn dylib() -> PathBuf {
-    std::env::var_os("ORT_DYLIB_PATH")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo_root().join("models/onnxruntime/libonnxruntime.so"))
-}
-
-fn model_dir(name: &str) -> PathBuf {
-    std::env::var_os("KEEL_MODELS_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo_root().join("models"))
-        .join(name)
-}
 
 /// ONNX Runtime's own messages (target `ort::logging`; the `ort` crate's Rust-side lines have
 /// other targets), as `(level, message)`.

@@ -3,10 +3,13 @@
 //! XLM-RoBERTa (position ids after the padding index, no token types, their heads) until real
 //! checkpoints of those families are in `models/`.
 
+mod common;
+
 use std::collections::HashMap;
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
+use common::dylib;
 use keel_backend_ort::{OrtOptions, Precision};
 use keel_engine::{Backend, EncodedBatch, ModelSpec};
 use safetensors::tensor::TensorView;
@@ -226,14 +229,6 @@ fn batch(arch: Arch) -> EncodedBatch {
         }
     }
     batch
-}
-
-fn dylib() -> PathBuf {
-    std::env::var_os("ORT_DYLIB_PATH")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/onnxruntime/libonnxruntime.so")
-        })
 }
 
 fn compare(arch: Arch, classifier: bool, cls_pooling: bool) {
