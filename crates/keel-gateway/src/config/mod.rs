@@ -15,15 +15,6 @@ use serde::Deserialize;
 mod file;
 mod providers;
 
-/// The environment variables the gateway reads (through the map it is given), for the
-/// settings table that declares every variable.
-pub const ENV_VARS: &[&str] = &[
-    "OPENAI_API_KEY",
-    "OPENAI_BASE_URL",
-    "ANTHROPIC_API_KEY",
-    "ANTHROPIC_BASE_URL",
-];
-
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum ConfigError {
     #[error("{key}: {message}")]
