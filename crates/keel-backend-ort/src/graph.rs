@@ -151,16 +151,18 @@ impl<'a> EncoderGraph<'a> {
             hidden = self.layer(layer, &hidden, &bias)?;
         }
 
-        let (output_name, width) = match spec.task {
-            Task::Embedding => (self.pool(&hidden, &mask, spec.pooling), self.config.hidden),
+        let (output_name, width, output) = match spec.task {
+            Task::Embedding => (
+                self.pool(&hidden, &mask, spec.pooling),
+                self.config.hidden,
+                "embedding",
+            ),
             Task::Classification => (
                 self.classifier(&hidden, spec.labels.len())?,
                 spec.labels.len(),
+                "logits",
             ),
-        };
-        let output = match spec.task {
-            Task::Embedding => "embedding",
-            Task::Classification => "logits",
+            Task::TextGeneration => return Err("an encoder graph cannot generate text".into()),
         };
         self.b.nodes.push(NodeProto {
             input: vec![output_name],

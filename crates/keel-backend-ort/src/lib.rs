@@ -386,6 +386,7 @@ fn choose_output(session: &Session, spec: &ModelSpec) -> Result<(String, Output)
                     .or_else(|| outputs.iter().find(|(_, rank)| *rank == 3).copied())
                     .map(|(n, _)| (n, Output::TokenStates(spec.pooling)))
             }),
+        Task::TextGeneration => None,
     };
     picked.map(|(n, o)| (n.to_string(), o)).ok_or_else(|| {
         let names: Vec<_> = outputs.iter().map(|(n, _)| *n).collect();

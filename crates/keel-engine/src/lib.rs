@@ -10,6 +10,7 @@
 
 pub mod backend;
 pub mod error;
+pub mod generate;
 pub mod model;
 pub mod postprocess;
 pub mod queue;

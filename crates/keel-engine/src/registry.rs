@@ -5,7 +5,9 @@
 //! model runs one warm-up inference before it counts as ready. Liveness never depends on
 //! this; readiness (`/ready`) is exactly "every model is `Ready` and we are not draining".
 //! A model whose backend keeps panicking once serving is marked failed by its worker.
-//! The handle of a ready model is [`crate::model`].
+//! The handle of a ready model is [`crate::model`]. Generative models (a `.gguf` file, see
+//! [`crate::generate`]) have slots of their own here, loaded by their own loader, and count
+//! towards readiness like the others.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -19,6 +21,7 @@ use tokio::sync::watch;
 
 use crate::backend::{BackendLoader, EncodedBatch};
 use crate::error::{EngineError, LoadError};
+use crate::generate::{is_generator_path, GeneratorLoader, TextGenerator};
 use crate::spec::{ModelSpec, Task};
 use crate::tokenize::TextTokenizer;
 use crate::worker::{self, FailureHook, QueueLimits, WorkerConfig};
@@ -108,8 +111,47 @@ impl Slot {
     }
 }
 
+#[derive(Clone)]
+enum GeneratorState {
+    Loading,
+    Ready(Arc<dyn TextGenerator>),
+    Failed(String),
+}
+
+impl GeneratorState {
+    fn status(&self) -> ModelStatus {
+        match self {
+            GeneratorState::Loading => ModelStatus::Loading,
+            GeneratorState::Ready(_) => ModelStatus::Ready,
+            GeneratorState::Failed(_) => ModelStatus::Failed,
+        }
+    }
+
+    fn reason(&self) -> Option<String> {
+        match self {
+            GeneratorState::Failed(r) => Some(r.clone()),
+            _ => None,
+        }
+    }
+}
+
+struct GeneratorSlot {
+    source: ModelSource,
+    state: RwLock<GeneratorState>,
+}
+
+impl GeneratorSlot {
+    fn state(&self) -> GeneratorState {
+        self.state
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+}
+
 pub struct ModelRegistry {
     slots: Vec<Slot>,
+    generators: Vec<GeneratorSlot>,
     draining: AtomicBool,
     changes: watch::Sender<u64>,
 }
@@ -149,11 +191,24 @@ pub struct ModelSummary {
     pub dimensions: Option<usize>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub labels: Vec<String>,
+    /// A generative model's engine facts (context, slots, threads, quantisation).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub engine: Option<serde_json::Value>,
 }
 
 impl ModelRegistry {
     /// Inspects each folder now; a folder that cannot be served is marked failed, not fatal.
     pub fn new(sources: Vec<ModelSource>) -> Arc<Self> {
+        let (generators, sources): (Vec<_>, Vec<_>) = sources
+            .into_iter()
+            .partition(|s| is_generator_path(&s.path));
+        let generators = generators
+            .into_iter()
+            .map(|source| GeneratorSlot {
+                source,
+                state: RwLock::new(GeneratorState::Loading),
+            })
+            .collect();
         let slots = sources
             .into_iter()
             .map(|source| {
@@ -170,6 +225,7 @@ impl ModelRegistry {
             .collect();
         Arc::new(Self {
             slots,
+            generators,
             draining: AtomicBool::new(false),
             changes: watch::channel(0).0,
         })
@@ -218,6 +274,79 @@ impl ModelRegistry {
         }
     }
 
+    /// Loads every generative model in the background, one thread each.
+    pub fn start_generators(self: &Arc<Self>, loader: GeneratorLoader) {
+        for index in 0..self.generators.len() {
+            let (registry, loader) = (self.clone(), loader.clone());
+            let weak = Arc::downgrade(self);
+            let on_failed = Box::new(move |reason: String| {
+                if let Some(registry) = weak.upgrade() {
+                    let model = &registry.generators[index].source.name;
+                    tracing::error!(%model, %reason, "model failed while serving");
+                    registry.set_generator(index, GeneratorState::Failed(reason));
+                }
+            });
+            std::thread::Builder::new()
+                .name(format!("keel-load-gen-{index}"))
+                .spawn(move || {
+                    let source = &registry.generators[index].source;
+                    let started = Instant::now();
+                    let state = match loader(&source.name, &source.path, on_failed) {
+                        Ok(generator) => {
+                            tracing::info!(model = %source.name, load_ms = started.elapsed().as_millis() as u64, "model ready");
+                            GeneratorState::Ready(generator)
+                        }
+                        Err(reason) => {
+                            tracing::error!(model = %source.name, %reason, "model failed to load");
+                            GeneratorState::Failed(reason)
+                        }
+                    };
+                    registry.set_generator(index, state);
+                })
+                .expect("spawning a model loader thread");
+        }
+    }
+
+    fn set_generator(&self, index: usize, state: GeneratorState) {
+        let slot = &self.generators[index];
+        let ready = matches!(state, GeneratorState::Ready(_));
+        metrics::gauge!(names::MODEL_READY, "model" => slot.source.name.clone()).set(if ready {
+            1.0
+        } else {
+            0.0
+        });
+        *slot.state.write().unwrap_or_else(PoisonError::into_inner) = state;
+        self.changes.send_modify(|n| *n += 1);
+    }
+
+    /// The names of the generative models, in configuration order.
+    pub fn generator_names(&self) -> Vec<String> {
+        self.generators
+            .iter()
+            .map(|g| g.source.name.clone())
+            .collect()
+    }
+
+    /// The generative model named `name`, if it is ready.
+    pub fn generator(&self, name: &str) -> Result<Arc<dyn TextGenerator>, EngineError> {
+        let slot = self
+            .generators
+            .iter()
+            .find(|g| g.source.name == name)
+            .ok_or_else(|| EngineError::UnknownModel(name.to_string()))?;
+        match slot.state() {
+            GeneratorState::Ready(g) => Ok(g),
+            GeneratorState::Loading => Err(EngineError::NotReady {
+                name: name.to_string(),
+                state: "loading".into(),
+            }),
+            GeneratorState::Failed(reason) => Err(EngineError::NotReady {
+                name: name.to_string(),
+                state: format!("failed: {reason}"),
+            }),
+        }
+    }
+
     fn set_state(&self, index: usize, state: ModelState) {
         self.slots[index].set_state(state);
         self.changes.send_modify(|n| *n += 1);
@@ -259,6 +388,18 @@ impl ModelRegistry {
                 },
             );
         }
+        for slot in &self.generators {
+            let state = slot.state();
+            loading |= matches!(state, GeneratorState::Loading);
+            failed |= matches!(state, GeneratorState::Failed(_));
+            models.insert(
+                slot.source.name.clone(),
+                ModelReadiness {
+                    state: state.status(),
+                    reason: state.reason(),
+                },
+            );
+        }
         let status = if self.draining.load(Ordering::SeqCst) {
             ReadinessStatus::Draining
         } else if failed {
@@ -289,8 +430,27 @@ impl ModelRegistry {
                     },
                     dimensions: spec.map(|s| s.dimensions),
                     labels: spec.map(|s| s.labels.clone()).unwrap_or_default(),
+                    engine: None,
                 }
             })
+            .chain(self.generators.iter().map(|slot| {
+                let state = slot.state();
+                let ready = match &state {
+                    GeneratorState::Ready(g) => Some(g),
+                    _ => None,
+                };
+                ModelSummary {
+                    name: slot.source.name.clone(),
+                    path: slot.source.path.clone(),
+                    state: state.status(),
+                    task: Some(Task::TextGeneration),
+                    architecture: None,
+                    max_input_tokens: ready.map(|g| g.context_per_request() as usize),
+                    dimensions: None,
+                    labels: Vec::new(),
+                    engine: ready.map(|g| g.describe()),
+                }
+            }))
             .collect()
     }
 

@@ -17,6 +17,9 @@ use thiserror::Error;
 pub enum Task {
     Classification,
     Embedding,
+    /// A generative language model (a GGUF file, served by a generation backend).
+    #[serde(rename = "text-generation")]
+    TextGeneration,
 }
 
 impl Task {
@@ -24,6 +27,7 @@ impl Task {
         match self {
             Task::Classification => "classification",
             Task::Embedding => "embedding",
+            Task::TextGeneration => "text-generation",
         }
     }
 }

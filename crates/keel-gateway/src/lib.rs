@@ -32,6 +32,7 @@ pub mod cooldown;
 pub mod degraded;
 pub mod gateway;
 pub mod limiter;
+pub mod local;
 pub mod meter;
 pub mod metrics;
 pub mod provider;

@@ -27,6 +27,17 @@ pub mod names {
     pub const PREDICTIONS: &str = "keel_predictions_total";
     pub const PREDICTION_SCORE: &str = "keel_prediction_score";
 
+    pub const LLM_TIME_TO_FIRST_TOKEN: &str = "keel_llm_time_to_first_token_seconds";
+    pub const LLM_INTER_TOKEN: &str = "keel_llm_inter_token_latency_seconds";
+    pub const LLM_PROMPT_TOKENS: &str = "keel_llm_prompt_tokens_total";
+    pub const LLM_CACHED_PROMPT_TOKENS: &str = "keel_llm_cached_prompt_tokens_total";
+    pub const LLM_GENERATED_TOKENS: &str = "keel_llm_generated_tokens_total";
+    pub const LLM_TOKENS_PER_SECOND: &str = "keel_llm_tokens_per_second";
+    pub const LLM_REQUESTS: &str = "keel_llm_requests_total";
+    pub const LLM_SLOTS_IN_USE: &str = "keel_llm_slots_in_use";
+    pub const LLM_WAITING: &str = "keel_llm_waiting_requests";
+    pub const LLM_KV_CELLS: &str = "keel_llm_kv_cache_tokens";
+
     pub const PROCESS_RESIDENT_MEMORY: &str = "process_resident_memory_bytes";
     pub const PROCESS_VIRTUAL_MEMORY: &str = "process_virtual_memory_bytes";
     pub const PROCESS_CPU: &str = "process_cpu_seconds_total";
@@ -65,6 +76,7 @@ pub fn install() -> Result<PrometheusHandle, String> {
 }
 
 fn describe() {
+    describe_llm();
     describe_counter!(
         HTTP_REQUESTS,
         "HTTP requests answered, by route, method and status"
@@ -210,4 +222,49 @@ mod linux_process {
             start_time_seconds: now - uptime + starttime / TICKS_PER_SECOND,
         })
     }
+}
+
+fn describe_llm() {
+    describe_histogram!(
+        LLM_TIME_TO_FIRST_TOKEN,
+        Unit::Seconds,
+        "Local generation: time from admission to the first generated token, by model"
+    );
+    describe_histogram!(
+        LLM_INTER_TOKEN,
+        Unit::Seconds,
+        "Local generation: time between consecutive tokens of one request, by model"
+    );
+    describe_counter!(
+        LLM_PROMPT_TOKENS,
+        "Local generation: prompt tokens, by model"
+    );
+    describe_counter!(
+        LLM_CACHED_PROMPT_TOKENS,
+        "Local generation: prompt tokens whose KV cache was reused instead of computed"
+    );
+    describe_counter!(
+        LLM_GENERATED_TOKENS,
+        "Local generation: generated tokens, by model"
+    );
+    describe_gauge!(
+        LLM_TOKENS_PER_SECOND,
+        "Local generation: tokens generated per second over the last decode steps, by model"
+    );
+    describe_counter!(
+        LLM_REQUESTS,
+        "Local generation requests ended, by model and outcome (stop, length, cancelled, deadline, error)"
+    );
+    describe_gauge!(
+        LLM_SLOTS_IN_USE,
+        "Local generation: sequence slots busy, by model"
+    );
+    describe_gauge!(
+        LLM_WAITING,
+        "Local generation: requests waiting for a slot, by model"
+    );
+    describe_gauge!(
+        LLM_KV_CELLS,
+        "Local generation: tokens held in the KV cache over all slots (shared prefixes counted once per slot)"
+    );
 }
