@@ -4,7 +4,7 @@ CARGO ?= cargo
 TEST_VENV := .cache/test-venv
 PORT ?= 8080
 
-.PHONY: run test test-deps bench models build release test-rust test-integration fmt lint clean-models fuzz
+.PHONY: run test test-deps build-deps bench models build release test-rust test-integration fmt lint clean-models fuzz
 
 ## Fetch the default models once, build in release mode, serve on $(PORT).
 run: models release
@@ -25,24 +25,28 @@ bench: models release
 fuzz: models
 	bash scripts/fuzz.sh
 
-test-deps:
+test-deps: build-deps
 	bash scripts/install-test-deps.sh
+
+## cmake and libclang for the llama.cpp build (installed from Debian when missing).
+build-deps:
+	bash scripts/install-build-deps.sh
 
 models:
 	bash scripts/fetch-models.sh
 	bash scripts/fetch-onnxruntime.sh
 
-release:
+release: build-deps
 	$(CARGO) build --release --bin keel
 
-build:
+build: build-deps
 	$(CARGO) build --bin keel --bin keel-loadgen
 
-lint:
+lint: build-deps
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --all-targets -- -D warnings
 
-test-rust:
+test-rust: build-deps
 	$(CARGO) test --workspace
 
 $(TEST_VENV)/.installed: tests/requirements.txt

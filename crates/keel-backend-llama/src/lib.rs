@@ -296,8 +296,11 @@ impl TextGenerator for LlamaGenerator {
         }
         let room = self.context_per_slot - prompt_tokens;
         let max_tokens = request.max_tokens.unwrap_or(room).min(room);
+        // Room: the free slots, then the waiting queue.
+        let busy = self.shared.busy.load(Ordering::Relaxed);
+        let free = (self.slots as usize).saturating_sub(busy);
         let waiting = self.shared.waiting.fetch_add(1, Ordering::Relaxed);
-        if waiting >= self.max_waiting {
+        if waiting >= self.max_waiting + free {
             self.shared.waiting.fetch_sub(1, Ordering::Relaxed);
             return Err(GenerateError::Busy {
                 model: self.name.clone(),

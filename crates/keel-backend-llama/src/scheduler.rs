@@ -67,6 +67,8 @@ pub struct SchedulerConfig {
 pub struct Shared {
     /// Requests sent to the scheduler and not yet in a slot.
     pub waiting: AtomicUsize,
+    /// Slots holding a request.
+    pub busy: AtomicUsize,
     /// Mean seconds a request holds a slot (f64 bits), for Retry-After.
     pub mean_hold_ms: AtomicUsize,
 }
@@ -270,6 +272,7 @@ impl<'m> Scheduler<'m> {
         );
         let text = TextStream::new(job.stops.clone());
         self.slots[index].last_used = self.step;
+        self.shared.busy.fetch_add(1, Ordering::Relaxed);
         self.slots[index].active = Some(Active {
             job,
             sampler,
@@ -428,6 +431,7 @@ impl<'m> Scheduler<'m> {
         let Some(mut active) = self.slots[i].active.take() else {
             return;
         };
+        self.shared.busy.fetch_sub(1, Ordering::Relaxed);
         self.slots[i].last_used = self.step;
         let model = &self.config.model;
         let prompt_tokens = active.prompt_len as u32;

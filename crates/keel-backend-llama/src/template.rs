@@ -111,3 +111,46 @@ mod tests {
         ));
     }
 }
+
+/// The GGUF's template rendered against the reference (jinja2 configured as transformers
+/// does; tests/fixtures/make_llm_fixtures.py made the fixture).
+#[cfg(test)]
+mod parity {
+    use super::*;
+
+    #[test]
+    fn renders_byte_identical_to_the_reference() {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../tests/fixtures/llm_chat_template.json"
+        );
+        let fixture: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        let template = ChatTemplate::new(
+            fixture["chat_template"].as_str().unwrap(),
+            fixture["bos_token"].as_str().unwrap(),
+            fixture["eos_token"].as_str().unwrap(),
+        )
+        .unwrap();
+        let cases = fixture["cases"].as_array().unwrap();
+        assert!(cases.len() >= 8);
+        for case in cases {
+            let messages: Vec<ChatMessage> = case["messages"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|m| ChatMessage {
+                    role: m["role"].as_str().unwrap().into(),
+                    content: m["content"].as_str().unwrap().into(),
+                })
+                .collect();
+            let add = case["add_generation_prompt"].as_bool().unwrap();
+            assert_eq!(
+                template.render(&messages, add).unwrap(),
+                case["rendered"].as_str().unwrap(),
+                "{}",
+                case["name"]
+            );
+        }
+    }
+}

@@ -43,6 +43,8 @@ pub struct Gateway {
     pub(crate) cooldowns: Cooldowns,
     /// By target key; fixed at start.
     circuits: HashMap<String, Arc<CircuitBreaker>>,
+    /// Where `local/<name>` targets find Keel's own generative models.
+    pub(crate) local: Option<Arc<keel_engine::ModelRegistry>>,
 }
 
 impl Gateway {
@@ -98,7 +100,14 @@ impl Gateway {
             providers,
             cooldowns: Cooldowns::default(),
             circuits,
+            local: None,
         })
+    }
+
+    /// Serves `local/<name>` targets from the generative models of `registry`.
+    pub fn with_local_models(mut self, registry: Arc<keel_engine::ModelRegistry>) -> Self {
+        self.local = Some(registry);
+        self
     }
 
     pub fn config(&self) -> &GatewayConfig {

@@ -199,12 +199,14 @@ fn content(value: Option<&Value>) -> Result<String, FieldError> {
             for part in parts {
                 match (part.get("type").and_then(Value::as_str), part.get("text")) {
                     (Some("text"), Some(Value::String(t))) => text.push_str(t),
-                    (Some(kind), _) => return Err(bad(
-                        "messages",
-                        format!(
+                    (Some(kind), _) => {
+                        return Err(bad(
+                            "messages",
+                            format!(
                             "content parts of type '{kind}' cannot be used by a local text model"
                         ),
-                    )),
+                        ))
+                    }
                     _ => return Err(bad("messages", "each content part needs a type")),
                 }
             }
@@ -395,7 +397,13 @@ pub async fn generate(
     mut record: RequestRecord,
 ) -> Result<LocalAnswer, GenerateError> {
     let started = Instant::now();
-    let mut generation = generator.generate(request.generation)?;
+    let mut generation = match generator.generate(request.generation) {
+        Ok(g) => g,
+        Err(e) => {
+            record.finish("local_refused");
+            return Err(e);
+        }
+    };
     let id = match request.shape {
         Shape::Chat => format!("chatcmpl-{}", uuid::Uuid::new_v4().simple()),
         Shape::Completion => format!("cmpl-{}", uuid::Uuid::new_v4().simple()),
@@ -410,8 +418,14 @@ pub async fn generate(
                     text.push_str(&t);
                 }
                 Some(GenerationEvent::Done(s)) => break s,
-                Some(GenerationEvent::Failed(e)) => return Err(e),
-                None => return Err(GenerateError::Failed("the generation loop stopped".into())),
+                Some(GenerationEvent::Failed(e)) => {
+                    record.finish("local_failed");
+                    return Err(e);
+                }
+                None => {
+                    record.finish("local_failed");
+                    return Err(GenerateError::Failed("the generation loop stopped".into()));
+                }
             }
         };
         let usage = Usage {

@@ -10,6 +10,7 @@
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use keel_engine::generate::GenerateError;
 use reqwest::header::HeaderValue;
 use serde_json::Value;
 
@@ -17,6 +18,7 @@ use crate::circuit::Admitted;
 use crate::config::{RouteSettings, Target};
 use crate::degraded::Degraded;
 use crate::gateway::Gateway;
+use crate::local::{self, Labels, LocalAnswer, LocalRequest, LOCAL};
 use crate::meter::RequestRecord;
 use crate::metrics::names;
 use crate::provider::{ChatRequest, UpstreamError};
@@ -40,6 +42,8 @@ pub struct Served {
     pub provider: String,
     pub model: String,
     pub attempts: u32,
+    /// Answered by a local model after every upstream target failed.
+    pub degraded: bool,
 }
 
 pub enum Answer {
@@ -51,11 +55,15 @@ pub enum Answer {
         body: ClientStream,
         served: Served,
     },
-    /// A client error from the upstream (4xx other than 429), passed on with its status.
+    /// A client error from the upstream (4xx other than 429), passed on with its status; or
+    /// a local model's refusal (busy, not ready, past the deadline) when it was the route's
+    /// only target.
     Refused {
         status: u16,
         error: UpstreamError,
         served: Served,
+        /// Seconds, for a `Retry-After` header.
+        retry_after: Option<u64>,
     },
     Degraded(Degraded),
 }
@@ -70,6 +78,8 @@ struct Walk<'a> {
     record: RequestRecord,
     /// Why each target gave up, for the degraded answer and its log line.
     reasons: Vec<String>,
+    /// The route's last target is being tried.
+    last: bool,
     untranslatable: Vec<String>,
 }
 
@@ -116,9 +126,11 @@ impl Gateway {
             deadline: Instant::now() + route.settings.timeouts.total,
             record,
             reasons: Vec::new(),
+            last: false,
             untranslatable: Vec::new(),
         };
-        for target in &route.targets {
+        for (i, target) in route.targets.iter().enumerate() {
+            walk.last = i + 1 == route.targets.len();
             if let TargetOutcome::Answered(answer) = self.try_target(target, &mut walk).await {
                 return Ok(answer);
             }
@@ -164,6 +176,9 @@ impl Gateway {
 
     /// One target: attempts with retries until it answers or gives up.
     async fn try_target(&self, target: &Target, walk: &mut Walk<'_>) -> TargetOutcome {
+        if target.provider == LOCAL {
+            return self.try_local(target, walk).await;
+        }
         let model = target.model.as_deref().unwrap_or(&walk.chat.model);
         let Some(handle) = self.providers.get(&target.provider) else {
             return TargetOutcome::GaveUp;
@@ -222,6 +237,7 @@ impl Gateway {
                 provider: target.provider.clone(),
                 model: model.to_string(),
                 attempts: walk.record.attempts,
+                degraded: false,
             };
             let record = &mut walk.record;
             let answered = |outcome: &'static str, status: u16| {
@@ -269,6 +285,7 @@ impl Gateway {
                         status,
                         error,
                         served,
+                        retry_after: None,
                     });
                 }
                 AttemptResult::Failed {
@@ -324,6 +341,123 @@ impl Gateway {
             }
         }
     }
+}
+
+impl Gateway {
+    /// A `local/<name>` target: Keel's own model. When earlier targets failed, its answer is
+    /// marked degraded; its refusals (busy, not ready) go to the client only when it is the
+    /// route's only hope, else the route's static degraded answer follows.
+    async fn try_local(&self, target: &Target, walk: &mut Walk<'_>) -> TargetOutcome {
+        let name = target.model.as_deref().unwrap_or_default();
+        let degraded = !walk.reasons.is_empty();
+        let alone = walk.last && !degraded;
+        let served = Served {
+            provider: LOCAL.to_string(),
+            model: name.to_string(),
+            attempts: walk.record.attempts + 1,
+            degraded,
+        };
+        let generator = match self.local.as_ref().map(|r| r.generator(name)) {
+            Some(Ok(g)) => g,
+            Some(Err(e)) => {
+                if alone {
+                    walk.record.finish("local_not_ready");
+                    return refused(503, "model_not_ready", e.to_string(), served, None);
+                }
+                walk.give_up(target, e.to_string(), "local_not_ready");
+                return TargetOutcome::GaveUp;
+            }
+            None => {
+                walk.give_up(target, "no local models".into(), "local_not_ready");
+                return TargetOutcome::GaveUp;
+            }
+        };
+        let request = match LocalRequest::chat(
+            &walk.chat.body,
+            walk.deadline,
+            walk.request_id.to_str().unwrap_or_default(),
+        ) {
+            Ok(r) => r,
+            Err(e) => {
+                walk.untranslatable.push(format!("{}: {e}", target.key()));
+                walk.record.fallback("untranslatable");
+                return TargetOutcome::GaveUp;
+            }
+        };
+        walk.record.at_target(target, name);
+        walk.record.attempts += 1;
+        let route = walk.record.route.clone();
+        let record = std::mem::replace(&mut walk.record, RequestRecord::finished());
+        let labels = Labels {
+            model: walk.chat.model.clone(),
+            degraded,
+        };
+        let answer = local::generate(generator.as_ref(), request, labels, record).await;
+        if degraded && answer.is_ok() {
+            tracing::warn!(
+                target: "keel::gateway",
+                request_id = %walk.request_id.to_str().unwrap_or_default(),
+                route = %route,
+                reason = %walk.reasons.join("; "),
+                "degraded answer from a local model"
+            );
+            metrics::counter!(names::DEGRADED, "route" => route.clone()).increment(1);
+        }
+        match answer {
+            Ok(LocalAnswer::Complete { body, .. }) => {
+                TargetOutcome::Answered(Answer::Complete { body, served })
+            }
+            Ok(LocalAnswer::Stream(body)) => {
+                TargetOutcome::Answered(Answer::Stream { body, served })
+            }
+            Err(e) => {
+                // The record went with the request (and was closed); a fresh one goes on.
+                walk.record = RequestRecord::new(
+                    &route,
+                    walk.request_id.to_str().unwrap_or_default(),
+                    walk.chat.stream,
+                );
+                let (status, code, retry) = match &e {
+                    GenerateError::Invalid { .. } | GenerateError::PromptTooLong { .. } => {
+                        walk.untranslatable.push(format!("{}: {e}", target.key()));
+                        return TargetOutcome::GaveUp;
+                    }
+                    GenerateError::Busy { retry_after, .. } => (
+                        429,
+                        "model_busy",
+                        Some(retry_after.as_secs_f64().ceil().max(1.0) as u64),
+                    ),
+                    GenerateError::DeadlineExceeded => (504, "deadline_exceeded", None),
+                    GenerateError::NotReady { .. } => (503, "model_not_ready", None),
+                    GenerateError::Failed(_) => (500, "generation_failed", None),
+                };
+                if alone {
+                    walk.record.finish(code);
+                    return refused(status, code, e.to_string(), served, retry);
+                }
+                walk.give_up(target, e.to_string(), code);
+                TargetOutcome::GaveUp
+            }
+        }
+    }
+}
+
+fn refused(
+    status: u16,
+    code: &str,
+    message: String,
+    served: Served,
+    retry_after: Option<u64>,
+) -> TargetOutcome {
+    TargetOutcome::Answered(Answer::Refused {
+        status,
+        error: UpstreamError {
+            code: code.to_string(),
+            message,
+        },
+        served,
+        retry_after,
+    })
 }
 
 /// Upstream attempts by target (configured names only) and outcome.

@@ -113,6 +113,7 @@ pub fn router(state: AppState) -> Router {
         .merge(routes::health::routes())
         .merge(routes::predict::routes())
         .merge(routes::embeddings::routes())
+        .merge(routes::completions::routes())
         .merge(routes::models::routes())
         .merge(routes::openapi::routes())
         .merge(if state.metrics_on_main_port {

@@ -73,6 +73,10 @@ async fn serve(settings: Settings, metrics: PrometheusHandle) -> anyhow::Result<
             truncate: settings.truncate,
         },
     );
+    let llm = settings.llm.clone();
+    registry.start_generators(Arc::new(move |name, path, on_failed| {
+        keel_backend_llama::load(name, path, &llm, on_failed)
+    }));
     if settings.fail_fast {
         tokio::spawn(exit_when_a_model_fails(registry.clone()));
     }
@@ -94,7 +98,8 @@ async fn serve(settings: Settings, metrics: PrometheusHandle) -> anyhow::Result<
         cors: settings.cors.clone(),
         gateway: Some(Arc::new(
             keel_gateway::Gateway::new(settings.gateway.clone())
-                .map_err(|e| anyhow::anyhow!("starting the gateway: {e}"))?,
+                .map_err(|e| anyhow::anyhow!("starting the gateway: {e}"))?
+                .with_local_models(registry.clone()),
         )),
     };
     if let Some(port) = settings.metrics_port {
@@ -157,6 +162,10 @@ async fn serve(settings: Settings, metrics: PrometheusHandle) -> anyhow::Result<
 /// LOG_LEVEL as the log filter, with the `ort` crate's own INFO lines (which library it
 /// loaded) left out unless the filter names an `ort` target: Keel logs its own line when ONNX
 /// Runtime is loaded, and ONNX Runtime's messages are produced at WARNING and above anyway.
+/// Libraries whose INFO lines are their own chatter: ort's (which library it loaded), and
+/// llama.cpp's (every tensor and buffer of a model as it loads).
+const QUIET_LIBRARIES: &str = "ort=warn,llama.cpp=warn,ggml=warn,llama_cpp_2=warn";
+
 fn log_filter(level: &str) -> String {
     use std::str::FromStr;
     use tracing::level_filters::LevelFilter;
@@ -171,7 +180,7 @@ fn log_filter(level: &str) -> String {
         .filter_map(|d| LevelFilter::from_str(d).ok())
         .any(|l| l > LevelFilter::WARN);
     if default_is_verbose {
-        format!("{level},ort=warn")
+        format!("{level},{QUIET_LIBRARIES}")
     } else {
         level.to_string()
     }
@@ -254,12 +263,16 @@ fn limiter(
 
 #[cfg(test)]
 mod tests {
-    use super::log_filter;
+    use super::{log_filter, QUIET_LIBRARIES};
 
     #[test]
     fn the_ort_crate_is_capped_at_warn_below_a_verbose_default() {
-        assert_eq!(log_filter("info"), "info,ort=warn");
-        assert_eq!(log_filter("debug,hyper=warn"), "debug,hyper=warn,ort=warn");
+        assert_eq!(log_filter("info"), format!("info,{QUIET_LIBRARIES}"));
+        assert_eq!(
+            log_filter("debug,hyper=warn"),
+            format!("debug,hyper=warn,{QUIET_LIBRARIES}")
+        );
+        assert!(tracing_subscriber::EnvFilter::try_new(log_filter("info")).is_ok());
         assert_eq!(log_filter("warn"), "warn");
         assert_eq!(log_filter("error"), "error");
         assert_eq!(log_filter("keel=debug"), "keel=debug");

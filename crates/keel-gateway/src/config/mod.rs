@@ -177,6 +177,8 @@ pub struct Price {
 
 #[derive(Debug, Clone)]
 pub struct GatewayConfig {
+    /// Keel's own generative models, reachable by name and as `local/<name>` targets.
+    pub local: std::collections::BTreeSet<String>,
     pub providers: BTreeMap<String, ProviderConfig>,
     pub routes: BTreeMap<String, RouteConfig>,
     /// Settings of routes made on the fly (`provider/model` names, env default routes).
@@ -193,6 +195,15 @@ impl GatewayConfig {
     pub fn resolve(&self, model: &str) -> Option<RouteConfig> {
         if let Some(route) = self.routes.get(model) {
             return Some(route.clone());
+        }
+        let local = model.strip_prefix("local/").unwrap_or(model);
+        if self.local.contains(local) {
+            let target = Target::configured(crate::local::LOCAL, Some(local));
+            return Some(RouteConfig {
+                name: target.key().to_string(),
+                targets: vec![target],
+                settings: self.defaults.clone(),
+            });
         }
         if let Some((name, upstream)) = model.split_once('/') {
             if let Some(provider) = self.providers.get(name).filter(|_| !upstream.is_empty()) {
@@ -222,6 +233,7 @@ impl GatewayConfig {
             .values()
             .flat_map(|r| r.targets.iter().map(|t| t.key().to_string()))
             .collect();
+        keys.extend(self.local.iter().map(|m| format!("local/{m}")));
         for (name, p) in &self.providers {
             keys.insert(format!("{name}/*"));
             keys.extend(p.models.iter().map(|m| format!("{name}/{m}")));

@@ -2,7 +2,7 @@
 //! providers exist (from the file, or the well-known ones from their variables alone), their
 //! URLs and keys, the routes and their targets, the circuit policy and the prices.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
 
 use super::file::{ms, FileRoot, RawGateway};
@@ -10,6 +10,7 @@ use super::{
     invalid, CircuitSettings, ConfigError, GatewayConfig, ProviderConfig, ProviderKind,
     RouteConfig, Target,
 };
+use crate::local::LOCAL;
 
 const OPENAI_DEFAULT_URL: &str = "https://api.openai.com/v1";
 const ANTHROPIC_DEFAULT_URL: &str = "https://api.anthropic.com";
@@ -34,12 +35,23 @@ fn check_url(key: &str, url: &str) -> Result<String, ConfigError> {
     }
 }
 
-/// `provider/model`, or `provider` alone for the client's model.
+/// `provider/model`, or `provider` alone for the client's model; `local/<name>` for one of
+/// Keel's own generative models.
 fn parse_target(
     key: &str,
     spec: &str,
     providers: &BTreeMap<String, ProviderConfig>,
+    local: &BTreeSet<String>,
 ) -> Result<Target, ConfigError> {
+    if let Some(name) = spec.strip_prefix("local/") {
+        if !local.contains(name) {
+            return Err(invalid(
+                key,
+                format!("'{name}' is not one of Keel's local models; known: {local:?}"),
+            ));
+        }
+        return Ok(Target::configured(LOCAL, Some(name)));
+    }
     let (provider, model) = match spec.split_once('/') {
         Some((p, m)) if !m.is_empty() => (p, Some(m.to_string())),
         Some(_) => {
@@ -67,6 +79,17 @@ impl GatewayConfig {
         toml_text: Option<&str>,
         env: &HashMap<String, String>,
     ) -> Result<GatewayConfig, ConfigError> {
+        Self::from_parts_with_local(toml_text, env, &[])
+    }
+
+    /// As [`Self::from_parts`], where `local` names Keel's own generative models: clients
+    /// reach them by name, and routes may list them as `local/<name>` targets.
+    pub fn from_parts_with_local(
+        toml_text: Option<&str>,
+        env: &HashMap<String, String>,
+        local: &[String],
+    ) -> Result<GatewayConfig, ConfigError> {
+        let local: BTreeSet<String> = local.iter().cloned().collect();
         let raw = match toml_text {
             Some(text) => toml::from_str::<FileRoot>(text)
                 .map_err(|e| ConfigError::Toml(e.to_string()))?
@@ -79,6 +102,12 @@ impl GatewayConfig {
         let mut providers = BTreeMap::new();
         for (name, p) in &raw.providers {
             let at = format!("gateway.providers.{name}");
+            if name == LOCAL {
+                return Err(invalid(
+                    &at,
+                    "the provider name 'local' is reserved for Keel's own models (local/<name>)",
+                ));
+            }
             if name.contains('/') || name == "*" {
                 return Err(invalid(
                     &at,
@@ -197,7 +226,7 @@ impl GatewayConfig {
                 .targets
                 .iter()
                 .enumerate()
-                .map(|(i, t)| parse_target(&format!("{at}.targets[{i}]"), t, &providers))
+                .map(|(i, t)| parse_target(&format!("{at}.targets[{i}]"), t, &providers, &local))
                 .collect::<Result<Vec<_>, _>>()?;
             let settings = r.settings.over(&defaults_raw).validate(&at)?;
             routes.insert(
@@ -244,6 +273,7 @@ impl GatewayConfig {
             }
         }
         Ok(GatewayConfig {
+            local,
             providers,
             routes,
             defaults,
@@ -273,7 +303,7 @@ path = "elsewhere"
 total_timeout_ms = 5000
 max_attempts = 2
 
-[gateway.providers.local]
+[gateway.providers.lan]
 kind = "openai-compatible"
 base_url = "http://127.0.0.1:9000/v1/"
 max_concurrency = 4
@@ -285,7 +315,7 @@ base_url = "http://127.0.0.1:9001/v1"
 allow_any_model = true
 
 [gateway.routes.chat]
-targets = ["local/llama", "openai/gpt-4o-mini", "local"]
+targets = ["lan/llama", "openai/gpt-4o-mini", "lan"]
 degraded_status = 503
 
 [gateway.prices."openai/gpt-4o-mini"]
@@ -296,7 +326,7 @@ output_per_mtok = 0.6
     #[test]
     fn a_file_and_the_environment_make_one_config() {
         let c = GatewayConfig::from_parts(Some(FILE), &env(&[("OPENAI_API_KEY", "sk-x")])).unwrap();
-        assert_eq!(c.providers["local"].base_url, "http://127.0.0.1:9000/v1");
+        assert_eq!(c.providers["lan"].base_url, "http://127.0.0.1:9000/v1");
         assert_eq!(c.providers["openai"].api_key.as_deref(), Some("sk-x"));
         let chat = &c.routes["chat"];
         assert_eq!(chat.targets.len(), 3);
@@ -307,10 +337,53 @@ output_per_mtok = 0.6
         // An env-only provider gets the default route.
         assert_eq!(c.resolve("anything").unwrap().targets[0].provider, "openai");
         assert_eq!(
-            c.resolve("local/qwen").unwrap().targets[0].model.as_deref(),
+            c.resolve("lan/qwen").unwrap().targets[0].model.as_deref(),
             Some("qwen")
         );
         assert!(c.prices.contains_key("openai/gpt-4o-mini"));
+    }
+
+    #[test]
+    fn local_models_are_reached_by_name_and_as_route_targets() {
+        let file = "[gateway.routes.guarded]\ntargets = [\"openai/gpt-4o-mini\", \"local/smol\"]";
+        let local = ["smol".to_string()];
+        let c = GatewayConfig::from_parts_with_local(
+            Some(file),
+            &env(&[("OPENAI_API_KEY", "k")]),
+            &local,
+        )
+        .unwrap();
+        let keys: Vec<&str> = c.routes["guarded"]
+            .targets
+            .iter()
+            .map(|t| t.key())
+            .collect();
+        assert_eq!(keys, ["openai/gpt-4o-mini", "local/smol"]);
+        for name in ["smol", "local/smol"] {
+            let route = c.resolve(name).unwrap();
+            assert_eq!(route.targets.len(), 1);
+            assert_eq!(route.targets[0].key(), "local/smol");
+        }
+        assert!(c.target_keys().contains("local/smol"));
+        let e = GatewayConfig::from_parts_with_local(
+            Some("[gateway.routes.r]\ntargets = [\"local/nope\"]"),
+            &env(&[]),
+            &local,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("gateway.routes.r.targets[0]") && e.contains("nope"),
+            "{e}"
+        );
+        let e = GatewayConfig::from_parts_with_local(
+            Some("[gateway.providers.local]\nkind = \"openai\"\nbase_url = \"http://x:1\""),
+            &env(&[]),
+            &local,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("reserved"), "{e}");
     }
 
     #[test]
@@ -318,15 +391,12 @@ output_per_mtok = 0.6
         let c = GatewayConfig::from_parts(Some(FILE), &env(&[("OPENAI_API_KEY", "k")])).unwrap();
         // Listed: its own key. Not listed, and the provider does not forward any: only the
         // env provider's `*` route takes it, under the client's name.
-        assert_eq!(
-            c.resolve("local/qwen").unwrap().targets[0].key(),
-            "local/qwen"
-        );
-        assert_eq!(c.resolve("local/llama3").unwrap().name, "*");
-        let only_file = "[gateway.providers.local]\nkind = \"openai\"\nbase_url = \"http://x:1\"\nmodels = [\"qwen\"]";
+        assert_eq!(c.resolve("lan/qwen").unwrap().targets[0].key(), "lan/qwen");
+        assert_eq!(c.resolve("lan/llama3").unwrap().name, "*");
+        let only_file = "[gateway.providers.lan]\nkind = \"openai\"\nbase_url = \"http://x:1\"\nmodels = [\"qwen\"]";
         let c2 = GatewayConfig::from_parts(Some(only_file), &env(&[])).unwrap();
-        assert!(c2.resolve("local/qwen").is_some());
-        assert!(c2.resolve("local/llama3").is_none());
+        assert!(c2.resolve("lan/qwen").is_some());
+        assert!(c2.resolve("lan/llama3").is_none());
         assert!(c2.resolve("nobody/qwen").is_none());
         assert!(c2.resolve("qwen").is_none());
         // Any model: asked for by name, keyed by the provider.
@@ -338,12 +408,12 @@ output_per_mtok = 0.6
         // Configured route targets keep their names; a bare provider passes the model through.
         let chat = &c.routes["chat"];
         let keys: Vec<&str> = chat.targets.iter().map(|t| t.key()).collect();
-        assert_eq!(keys, ["local/llama", "openai/gpt-4o-mini", "local/*"]);
+        assert_eq!(keys, ["lan/llama", "openai/gpt-4o-mini", "lan/*"]);
         let all = c.target_keys();
         for key in [
-            "local/llama",
-            "local/qwen",
-            "local/*",
+            "lan/llama",
+            "lan/qwen",
+            "lan/*",
             "open/*",
             "openai/gpt-4o-mini",
         ] {

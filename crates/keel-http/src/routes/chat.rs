@@ -3,8 +3,9 @@
 //!
 //! Bad bodies get the same statuses as every other route (415, 413, 408, 400, 422); a model
 //! no route serves is OpenAI's 404 `model_not_found`; an upstream's client error is passed on
-//! with its status; when every target fails the answer is the route's degraded one, never a
-//! bare 500. The request id decided by the middleware is sent upstream.
+//! with its status; when every target fails the answer is the route's degraded one (a local
+//! model's, or the route's fixed message), never a bare 500. Keel's own generative models
+//! answer here too, by name. The request id decided by the middleware is sent upstream.
 
 use std::sync::Arc;
 
@@ -81,6 +82,9 @@ fn served_headers(response: &mut Response, served: &Served) {
         h.insert(MODEL, v);
     }
     h.insert(ATTEMPTS, HeaderValue::from(served.attempts));
+    if served.degraded {
+        h.insert(DEGRADED, HeaderValue::from_static("true"));
+    }
 }
 
 fn event_stream(body: Body) -> Response {
@@ -102,10 +106,12 @@ fn answer_response(answer: Answer) -> Response {
             status,
             error,
             served,
+            retry_after,
         } => {
             let status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST);
-            let r = ApiError::new(status, error.code, error.message).into_response();
-            (r, served)
+            let mut e = ApiError::new(status, error.code, error.message);
+            e.retry_after = retry_after.map(|s| s.min(u64::from(u32::MAX)) as u32);
+            (e.into_response(), served)
         }
         Answer::Degraded(d) => return degraded_response(d.render()),
     };

@@ -1,6 +1,7 @@
 //! Route groups, one file each.
 
 pub mod chat;
+pub mod completions;
 pub mod embeddings;
 pub mod health;
 pub mod metrics;

@@ -77,6 +77,7 @@ pub struct Settings {
     pub allow_open_gateway: bool,
     pub shutdown_grace: Duration,
     pub shutdown_timeout: Duration,
+    pub llm: keel_backend_llama::LlamaOptions,
 }
 
 /// A port: the declaration bounds it to 0..=65535.
@@ -121,7 +122,16 @@ impl Settings {
         };
         let host = env.address(&HOST)?;
         let api_keys = access::api_keys(&env)?;
-        let gateway = gateway(vars, config_file.as_ref().map(|(_, t)| t.as_str()))?;
+        let models = models::models(
+            &env,
+            config_file.as_ref().map(|(f, t)| (f.as_path(), t.as_str())),
+        )?;
+        let local: Vec<String> = models
+            .iter()
+            .filter(|m| keel_engine::generate::is_generator_path(&m.path))
+            .map(|m| m.name.clone())
+            .collect();
+        let gateway = gateway(vars, config_file.as_ref().map(|(_, t)| t.as_str()), &local)?;
         let settings = Self {
             backend,
             ort_dylib_path: PathBuf::from(env.text(&ORT_DYLIB_PATH).unwrap_or_default()),
@@ -129,10 +139,7 @@ impl Settings {
             host,
             port: port(env.number(&PORT)?),
             metrics_port: env.optional_number(&METRICS_PORT)?.map(port),
-            models: models::models(
-                &env,
-                config_file.as_ref().map(|(f, t)| (f.as_path(), t.as_str())),
-            )?,
+            models,
             config_file: config_file.map(|(file, _)| file),
             gateway,
             max_batch_size: env.count(&MAX_BATCH_SIZE)?,
@@ -174,6 +181,16 @@ impl Settings {
             allow_open_gateway: env.flag(&KEEL_ALLOW_OPEN_GATEWAY)?,
             shutdown_grace: env.millis(&SHUTDOWN_GRACE_MS)?,
             shutdown_timeout: env.millis(&SHUTDOWN_TIMEOUT_MS)?,
+            llm: keel_backend_llama::LlamaOptions {
+                slots: env.number(&LLM_SLOTS)? as u32,
+                context_per_slot: env.number(&LLM_CONTEXT)? as u32,
+                threads: env
+                    .optional_number(&LLM_THREADS)?
+                    .map_or(cpus, |n| n as usize) as u32,
+                step_tokens: env.number(&LLM_STEP_TOKENS)? as u32,
+                max_waiting: env.number(&LLM_MAX_WAITING)? as usize,
+                prefix_cache: env.flag(&LLM_PREFIX_CACHE)?,
+            },
         };
         // Last, so that a wrong value is reported as such before this rule about several.
         let providers: Vec<&str> = settings
@@ -205,7 +222,7 @@ impl Settings {
 
     /// Every value `/info` may show, by key; a test checks these keys against the declared.
     fn shown_values(&self) -> serde_json::Value {
-        json!({
+        let mut values = json!({
             "backend": match self.backend { BackendKind::Ort => "ort", BackendKind::Candle => "candle" },
             "ort_precision": match self.ort_precision {
                 keel_backend_ort::Precision::Fp32 => "fp32",
@@ -260,7 +277,20 @@ impl Settings {
             "allow_open_gateway": self.allow_open_gateway,
             "shutdown_grace_ms": self.shutdown_grace.as_millis() as u64,
             "shutdown_timeout_ms": self.shutdown_timeout.as_millis() as u64,
-        })
+        });
+        // Apart: one json! of every key would pass serde_json's macro recursion limit.
+        let llm = json!({
+            "llm_slots": self.llm.slots,
+            "llm_context": self.llm.context_per_slot,
+            "llm_threads": self.llm.threads,
+            "llm_step_tokens": self.llm.step_tokens,
+            "llm_max_waiting": self.llm.max_waiting,
+            "llm_prefix_cache": self.llm.prefix_cache,
+        });
+        if let (Some(all), serde_json::Value::Object(llm)) = (values.as_object_mut(), llm) {
+            all.extend(llm);
+        }
+        values
     }
 }
 
@@ -270,8 +300,9 @@ impl Settings {
 fn gateway(
     vars: &HashMap<String, String>,
     toml_text: Option<&str>,
+    local: &[String],
 ) -> Result<keel_gateway::GatewayConfig, SettingError> {
-    keel_gateway::GatewayConfig::from_parts(toml_text, vars).map_err(|e| {
+    keel_gateway::GatewayConfig::from_parts_with_local(toml_text, vars, local).map_err(|e| {
         let message = e.to_string();
         // The variable the message is about, when it names one; else the file's.
         let variable = ALL
@@ -368,8 +399,12 @@ mod tests {
     fn defaults_serve_the_default_models_on_8080() {
         let s = settings(&[]).unwrap();
         assert_eq!(s.port, 8080);
-        assert_eq!(s.models.len(), 2);
+        assert_eq!(s.models.len(), 3);
         assert_eq!(s.models[0].name, "all-MiniLM-L6-v2");
+        // The GGUF is a local generative model, which the gateway can route to.
+        assert_eq!(s.models[2].name, "smollm2-135m-instruct");
+        assert!(s.gateway.local.contains("smollm2-135m-instruct"));
+        assert_eq!((s.llm.slots, s.llm.context_per_slot), (8, 2048));
         assert_eq!(s.log_format, LogFormat::Json);
         assert!(s.truncate);
         assert_eq!(s.max_input_tokens, None);

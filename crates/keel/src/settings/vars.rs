@@ -263,6 +263,40 @@ declare! {
         kind: Kind::Number { default: Computed("CPU count"), min: 1, max: 1024, unit: "threads" },
         secret: false, show: Shown("inference_threads"),
     }
+    LLM_SLOTS {
+        help: "local generative models (.gguf): requests generated at once, each in its own \
+               sequence slot of one shared batch",
+        kind: Kind::Number { default: Value(8), min: 1, max: 256, unit: "requests" },
+        secret: false, show: Shown("llm_slots"),
+    }
+    LLM_CONTEXT {
+        help: "local generative models: tokens (prompt and answer) one request may hold; the \
+               KV cache holds LLM_SLOTS times this (capped by the model's trained context)",
+        kind: Kind::Number { default: Value(2048), min: 64, max: 1 << 20, unit: "tokens" },
+        secret: false, show: Shown("llm_context"),
+    }
+    LLM_THREADS {
+        help: "local generative models: llama.cpp's compute threads",
+        kind: Kind::Number { default: Computed("CPU count"), min: 1, max: 1024, unit: "threads" },
+        secret: false, show: Shown("llm_threads"),
+    }
+    LLM_STEP_TOKENS {
+        help: "local generative models: most tokens in one decode step (running requests' next \
+               tokens first, then chunks of new prompts)",
+        kind: Kind::Number { default: Value(512), min: 16, max: 65_536, unit: "tokens" },
+        secret: false, show: Shown("llm_step_tokens"),
+    }
+    LLM_MAX_WAITING {
+        help: "local generative models: requests waiting for a free slot before 429",
+        kind: Kind::Number { default: Value(64), min: 0, max: 100_000, unit: "requests" },
+        secret: false, show: Shown("llm_max_waiting"),
+    }
+    LLM_PREFIX_CACHE {
+        help: "local generative models: reuse the KV cache of the longest cached prefix of a \
+               prompt (a shared system prompt is computed once)",
+        kind: Kind::Flag { default: true },
+        secret: false, show: Shown("llm_prefix_cache"),
+    }
     LOG_FORMAT {
         help: "json or pretty",
         kind: Kind::Choice {
@@ -414,8 +448,9 @@ declare! {
 }
 
 /// Served when no model is configured: what `make run` fetches.
-pub const DEFAULT_MODELS: &str =
-    "all-MiniLM-L6-v2=models/all-MiniLM-L6-v2,sentiment-minilm-l6=models/sentiment-minilm-l6";
+pub const DEFAULT_MODELS: &str = "all-MiniLM-L6-v2=models/all-MiniLM-L6-v2,\
+     sentiment-minilm-l6=models/sentiment-minilm-l6,\
+     smollm2-135m-instruct=models/SmolLM2-135M-Instruct.Q4_1.gguf";
 
 /// The settings table for `--help`.
 pub fn help_table() -> String {
