@@ -226,7 +226,7 @@ class Variant:
     cmd: str  # shell-like: leading KEY=VAL words are environment, placeholders in {}
     kind: str = "custom"
     np: int | None = None
-    extra: dict = field(default_factory=dict)
+    body: dict = field(default_factory=dict)  # merged into every request body
 
 
 def free_port() -> int:
@@ -314,8 +314,11 @@ def builtin_variants(args) -> dict[str, Variant]:
                 f" -t {{threads}} -tb {{threads}} -np {np} -c {np * SLOT_CTX} --cont-batching",
         )
     py = ROOT / ".cache" / "bench-llm-venv" / "bin" / "python"
+    # llama-cpp-python has no ignore_eos: a -100 bias on the end-of-generation tokens
+    # (<|endoftext|> 0, <|im_end|> 2 in SmolLM2) makes it run to max_tokens as well.
     v["llama-cpp-python"] = Variant(
         name="llama-cpp-python", kind="llama-cpp-python",
+        body={"logit_bias": {"0": -100, "2": -100}},
         cmd=f"{shlex.quote(str(py))} -m llama_cpp.server --model {{model}} --host 127.0.0.1"
             f" --port {{port}} --n_threads {{threads}} --n_threads_batch {{threads}}"
             f" --n_ctx {SLOT_CTX}",
@@ -348,7 +351,7 @@ def bench_variant(variant: Variant, args) -> dict:
               "model_name": args.request_model}
     server = Server(variant, values, ROOT / ".cache" / "bench-llm-logs")
     out: dict = {"variant": variant.name, "kind": variant.kind, "np": variant.np,
-                 "argv": server.argv, "env": server.env_extra}
+                 "argv": server.argv, "env": server.env_extra, "body_extra": variant.body}
     try:
         out["ready_s"] = round(server.wait_ready(args.request_model), 2)
         q = args.scale
@@ -356,7 +359,7 @@ def bench_variant(variant: Variant, args) -> dict:
         n_agg, n_single = max(args.streams, int(32 * q)), max(2, int(4 * q))
         comp = completion_prompts(seed, n_agg + n_single + 2, args.prompt_words)
         base = {"model": args.request_model, "max_tokens": args.max_tokens, "temperature": 0,
-                "ignore_eos": True}
+                "ignore_eos": True, **variant.body}
         # Warm-up: two requests, not measured.
         run_phase(port, [("/v1/completions", dict(base, prompt=p, max_tokens=8))
                          for p in comp[-2:]], 2, 60)
@@ -377,7 +380,7 @@ def bench_variant(variant: Variant, args) -> dict:
         users = user_messages(seed + 2, 64)
         n_chat = max(8, int(16 * q))
         chat = {"model": args.request_model, "max_tokens": args.chat_max_tokens,
-                "temperature": 0, "ignore_eos": True}
+                "temperature": 0, "ignore_eos": True, **variant.body}
         # One request first so that the shared prefix is cached, as it is in steady state.
         run_phase(port, [("/v1/chat/completions", dict(chat, messages=[
             {"role": "system", "content": shared_sys},
@@ -476,6 +479,8 @@ def main() -> None:
                          "-np16, llama-cpp-python (default: all whose program exists)")
     ap.add_argument("--variant", action="append", default=[], metavar="NAME=CMD",
                     help="an extra variant: a name and its command line (repeatable)")
+    ap.add_argument("--variant-body", action="append", default=[], metavar="NAME=JSON",
+                    help="extra JSON fields for every request to variant NAME (repeatable)")
     ap.add_argument("--keel-cmd",
                     default="PORT={port} HOST=127.0.0.1 LOG_LEVEL=warn "
                             "target/release/keel serve",
@@ -531,6 +536,11 @@ def main() -> None:
     for spec in args.variant:
         name, _, cmd = spec.partition("=")
         chosen.append(Variant(name=name, cmd=cmd))
+    for spec in args.variant_body:
+        name, _, extra = spec.partition("=")
+        for v in chosen:
+            if v.name == name:
+                v.body = {**v.body, **json.loads(extra)}
     for v in chosen:
         why = available(v)
         if why:
