@@ -17,7 +17,8 @@ token's arrival is timed where it is read:
               128-token replies (max_tokens 128, ignore_eos): generated tokens/s, TTFT p50/p99
   single      1 stream, same requests: decode tokens/s after the first token
   shared      8 streams, /v1/chat/completions, one ~300-token system prompt shared by every
-              request + a short distinct user message: TTFT p50 (prefix reuse)
+              request + a short distinct user message: TTFT p50 (prefix reuse), after one
+              unmeasured round of 8 such requests has primed the server's caches
   distinct    as shared, but every request has its own ~300-token system prompt: the
               no-reuse baseline for the shared figure
 
@@ -321,7 +322,7 @@ def builtin_variants(args) -> dict[str, Variant]:
         body={"logit_bias": {"0": -100, "2": -100}},
         cmd=f"{shlex.quote(str(py))} -m llama_cpp.server --model {{model}} --host 127.0.0.1"
             f" --port {{port}} --n_threads {{threads}} --n_threads_batch {{threads}}"
-            f" --n_ctx {SLOT_CTX}",
+            f" --n_ctx {SLOT_CTX} --interrupt_requests False",
     )
     v["keel"] = Variant(name="keel", kind="keel", cmd=args.keel_cmd)
     return v
@@ -381,10 +382,12 @@ def bench_variant(variant: Variant, args) -> dict:
         n_chat = max(8, int(16 * q))
         chat = {"model": args.request_model, "max_tokens": args.chat_max_tokens,
                 "temperature": 0, "ignore_eos": True, **variant.body}
-        # One request first so that the shared prefix is cached, as it is in steady state.
+        # One round of `streams` requests first, so that the shared prefix is cached wherever
+        # the server caches it (llama-server: in each slot), as in steady state.
         run_phase(port, [("/v1/chat/completions", dict(chat, messages=[
             {"role": "system", "content": shared_sys},
-            {"role": "user", "content": users[-1]}]))], 1, 60)
+            {"role": "user", "content": u}])) for u in users[-args.streams:]],
+            args.streams, args.phase_seconds)
         reqs = [("/v1/chat/completions", dict(chat, messages=[
             {"role": "system", "content": shared_sys},
             {"role": "user", "content": u}])) for u in users[:n_chat]]
