@@ -2,10 +2,8 @@
 # Installs the system tools the tests use, when missing: promtool (Debian's prometheus
 # package) lints /metrics; nginx fronts the replicas in the scale-out test; redis-server holds
 # the shared rate limits in the limiter's tests; shellcheck lets actionlint check the CI
-# workflow's shell steps as hosted runners (which have it) do; cmake and libclang-dev build
-# llama.cpp from the llama-cpp-sys-2 crate's vendored source (its build.rs runs cmake, and
-# bindgen needs libclang), as bench/llm/build-llama-cpp.sh does for the reference tools.
-# Run by `make test`.
+# workflow's shell steps as hosted runners (which have it) do. Run by `make test` (after
+# scripts/install-build-deps.sh, which installs what the llama.cpp build needs).
 set -euo pipefail
 need=()
 command -v promtool >/dev/null || need+=(prometheus)
@@ -13,8 +11,6 @@ command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || need+=(nginx-light)
 command -v openssl >/dev/null || need+=(openssl)
 command -v redis-server >/dev/null || need+=(redis-server)
 command -v shellcheck >/dev/null || need+=(shellcheck)
-command -v cmake >/dev/null || need+=(cmake)
-dpkg -s libclang-dev >/dev/null 2>&1 || need+=(libclang-dev)
 [ ${#need[@]} -eq 0 ] && exit 0
 echo "install-test-deps: installing ${need[*]}" >&2
 sudo=""
