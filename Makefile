@@ -4,7 +4,7 @@ CARGO ?= cargo
 TEST_VENV := .cache/test-venv
 PORT ?= 8080
 
-.PHONY: run test test-deps build-deps bench models build release test-rust test-integration fmt lint clean-models fuzz
+.PHONY: run test test-deps build-deps bench bench-llm models build release test-rust test-integration fmt lint clean-models fuzz
 
 ## Fetch the default models once, build in release mode, serve on $(PORT).
 run: models release
@@ -20,6 +20,24 @@ bench: models release
 	bash bench/gateway/run.sh | tee bench/gateway-overhead.txt
 	python3 bench/overload.py
 	python3 bench/run.py --variant keel-ort-fp32: --variant keel-ort-int8:ORT_PRECISION=int8 --variant keel-candle:BACKEND=candle $(BENCH_ARGS)
+	$(MAKE) bench-llm
+
+LLM_BENCH_VENV := .cache/bench-llm-venv
+KEEL_LLM_CMD := PORT={port} HOST=127.0.0.1 LOG_LEVEL=warn MODELS=smollm2-135m-instruct={model} LLM_SLOTS=8 LLM_THREADS={threads} target/release/keel serve
+
+## Local generation: Keel against llama.cpp's llama-server (built from the same vendored source,
+## every -np) and the llama-cpp-python server, same GGUF and threads; bench/llm-results.json.
+bench-llm: models release $(LLM_BENCH_VENV)/.installed
+	bash bench/llm/build-llama-cpp.sh
+	python3 bench/llm.py --variants keel,llama-server-np1,llama-server-np4,llama-server-np8,llama-server-np16,llama-cpp-python \
+		--keel-cmd '$(KEEL_LLM_CMD)' --request-model smollm2-135m-instruct $(LLM_BENCH_ARGS)
+
+# llama-cpp-python builds its own llama.cpp from source (cmake; about 15 minutes on 2 cores).
+$(LLM_BENCH_VENV)/.installed: bench/llm-requirements.txt
+	python3 -m venv $(LLM_BENCH_VENV)
+	CMAKE_ARGS="-DGGML_NATIVE=ON -DLLAMA_CURL=OFF" CMAKE_BUILD_PARALLEL_LEVEL=2 \
+		$(LLM_BENCH_VENV)/bin/pip install -q -r bench/llm-requirements.txt
+	touch $@
 
 ## Fuzz HTTP request parsing and tokenization (cargo-fuzz, on stable), FUZZ_SECONDS each (default 60).
 fuzz: models

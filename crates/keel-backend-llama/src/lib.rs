@@ -15,7 +15,7 @@ use std::io::Read;
 use std::num::NonZeroU32;
 use std::path::Path;
 use std::sync::atomic::Ordering;
-use std::sync::mpsc::{self, SyncSender};
+use std::sync::mpsc::{self, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -325,12 +325,19 @@ impl TextGenerator for LlamaGenerator {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .try_send(job);
-        if sent.is_err() {
+        if let Err(e) = sent {
             self.shared.waiting.fetch_sub(1, Ordering::Relaxed);
-            return Err(GenerateError::Failed(format!(
-                "the generation loop of model '{}' is not running",
-                self.name
-            )));
+            return Err(match e {
+                TrySendError::Full(_) => GenerateError::Busy {
+                    model: self.name.clone(),
+                    waiting,
+                    retry_after: self.retry_after(waiting),
+                },
+                TrySendError::Disconnected(_) => GenerateError::Failed(format!(
+                    "the generation loop of model '{}' is not running",
+                    self.name
+                )),
+            });
         }
         Ok(Generation {
             prompt_tokens,

@@ -69,7 +69,7 @@ pub struct Shared {
     pub waiting: AtomicUsize,
     /// Slots holding a request.
     pub busy: AtomicUsize,
-    /// Mean seconds a request holds a slot (f64 bits), for Retry-After.
+    /// Mean milliseconds a request holds a slot (a moving average), for Retry-After.
     pub mean_hold_ms: AtomicUsize,
 }
 

@@ -302,21 +302,8 @@ impl LocalRequest {
         deadline: Instant,
         request_id: &str,
     ) -> Result<Self, FieldError> {
-        let (stream, include_usage) = common(body)?;
-        Ok(Self {
-            generation: GenerationRequest {
-                prompt: Prompt::Chat(messages(body)?),
-                sampling: sampling(body)?,
-                max_tokens: max_tokens(body)?,
-                stop: stops(body)?,
-                ignore_eos: boolean(body, "ignore_eos")?,
-                deadline,
-                request_id: request_id.to_string(),
-            },
-            stream,
-            include_usage,
-            shape: Shape::Chat,
-        })
+        let prompt = Prompt::Chat(messages(body)?);
+        Self::build(body, prompt, Shape::Chat, None, deadline, request_id)
     }
 
     /// A legacy `completions` body: one prompt string in, text out.
@@ -325,7 +312,6 @@ impl LocalRequest {
         deadline: Instant,
         request_id: &str,
     ) -> Result<Self, FieldError> {
-        let (stream, include_usage) = common(body)?;
         let prompt = match body.get("prompt") {
             Some(Value::String(p)) => p.clone(),
             Some(Value::Array(items)) if items.len() == 1 && items[0].is_string() => {
@@ -339,12 +325,33 @@ impl LocalRequest {
         if prompt.is_empty() {
             return Err(bad("prompt", "must not be empty"));
         }
+        // The legacy endpoint's default is 16 tokens.
+        let prompt = Prompt::Text(prompt);
+        Self::build(
+            body,
+            prompt,
+            Shape::Completion,
+            Some(16),
+            deadline,
+            request_id,
+        )
+    }
+
+    /// The fields both shapes share.
+    fn build(
+        body: &Map<String, Value>,
+        prompt: Prompt,
+        shape: Shape,
+        default_max_tokens: Option<u32>,
+        deadline: Instant,
+        request_id: &str,
+    ) -> Result<Self, FieldError> {
+        let (stream, include_usage) = common(body)?;
         Ok(Self {
             generation: GenerationRequest {
-                prompt: Prompt::Text(prompt),
+                prompt,
                 sampling: sampling(body)?,
-                // The legacy endpoint's default is 16 tokens.
-                max_tokens: max_tokens(body)?.or(Some(16)),
+                max_tokens: max_tokens(body)?.or(default_max_tokens),
                 stop: stops(body)?,
                 ignore_eos: boolean(body, "ignore_eos")?,
                 deadline,
@@ -352,7 +359,7 @@ impl LocalRequest {
             },
             stream,
             include_usage,
-            shape: Shape::Completion,
+            shape,
         })
     }
 }
