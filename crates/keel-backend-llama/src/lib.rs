@@ -147,7 +147,7 @@ pub fn load(
                 .with_n_seq_max(slots)
                 .with_n_threads(threads)
                 .with_n_threads_batch(threads)
-                .with_kv_unified(true);
+                .with_kv_unified(false);
             let ctx = match model.new_context(backend, params) {
                 Ok(ctx) => ctx,
                 Err(e) => {

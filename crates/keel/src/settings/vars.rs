@@ -293,7 +293,7 @@ declare! {
     }
     LLM_PREFIX_CACHE {
         help: "local generative models: reuse the KV cache of the longest cached prefix of a \
-               prompt (a shared system prompt is computed once)",
+               prompt (a shared system prompt is computed once per slot)",
         kind: Kind::Flag { default: true },
         secret: false, show: Shown("llm_prefix_cache"),
     }
