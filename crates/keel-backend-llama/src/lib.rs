@@ -184,6 +184,7 @@ pub fn load(
         name: name.to_string(),
         model,
         template,
+        bos,
         jobs: Mutex::new(jobs),
         shared,
         slots,
@@ -220,6 +221,8 @@ struct LlamaGenerator {
     name: String,
     model: Arc<LlamaModel>,
     template: Option<ChatTemplate>,
+    /// The BOS token's text, read once at load.
+    bos: String,
     jobs: Mutex<SyncSender<Job>>,
     shared: Arc<Shared>,
     slots: u32,
@@ -253,9 +256,8 @@ impl LlamaGenerator {
         };
         let vocab = self.model.vocab();
         // BOS as the model's metadata says, unless the template already wrote it.
-        let bos =
-            String::from_utf8_lossy(&vocab.token_to_piece(vocab.bos(), true, None)).into_owned();
-        let add_bos = vocab.should_add_bos() && (bos.is_empty() || !text.starts_with(&bos));
+        let bos = &self.bos;
+        let add_bos = vocab.should_add_bos() && (bos.is_empty() || !text.starts_with(bos.as_str()));
         let tokens = vocab.tokenize(text.as_bytes(), add_bos, true);
         if tokens.is_empty() {
             return Err(GenerateError::Invalid {

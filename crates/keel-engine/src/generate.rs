@@ -135,6 +135,30 @@ pub enum GenerateError {
     Failed(String),
 }
 
+impl GenerateError {
+    /// The HTTP status and error code a client gets for this refusal.
+    pub fn status_and_code(&self) -> (u16, &'static str) {
+        match self {
+            GenerateError::Invalid { .. } => (422, "invalid_request"),
+            GenerateError::PromptTooLong { .. } => (422, "prompt_too_long"),
+            GenerateError::Busy { .. } => (429, "model_busy"),
+            GenerateError::DeadlineExceeded => (504, "deadline_exceeded"),
+            GenerateError::NotReady { .. } => (503, "model_not_ready"),
+            GenerateError::Failed(_) => (500, "generation_failed"),
+        }
+    }
+
+    /// Whole seconds for a `Retry-After` header (at least 1), when the refusal has one.
+    pub fn retry_after_secs(&self) -> Option<u64> {
+        match self {
+            GenerateError::Busy { retry_after, .. } => {
+                Some(retry_after.as_secs_f64().ceil().max(1.0) as u64)
+            }
+            _ => None,
+        }
+    }
+}
+
 /// A loaded generative model.
 pub trait TextGenerator: Send + Sync {
     /// What `/info` shows: context size, slots, threads, quantisation...

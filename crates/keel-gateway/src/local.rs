@@ -278,21 +278,10 @@ fn common(body: &Map<String, Value>) -> Result<(bool, bool), FieldError> {
     ] {
         match body.get(field) {
             None | Some(Value::Null) | Some(Value::Bool(false)) => {}
-            Some(_) => return Err(bad(field_name(field), "is not supported by local models")),
+            Some(_) => return Err(bad(field, "is not supported by local models")),
         }
     }
     Ok((stream, include_usage))
-}
-
-fn field_name(field: &str) -> &'static str {
-    match field {
-        "tools" => "tools",
-        "functions" => "functions",
-        "response_format" => "response_format",
-        "logprobs" => "logprobs",
-        "echo" => "echo",
-        _ => "suffix",
-    }
 }
 
 impl LocalRequest {

@@ -417,20 +417,15 @@ impl Gateway {
                     walk.request_id.to_str().unwrap_or_default(),
                     walk.chat.stream,
                 );
-                let (status, code, retry) = match &e {
-                    GenerateError::Invalid { .. } | GenerateError::PromptTooLong { .. } => {
-                        walk.untranslatable.push(format!("{}: {e}", target.key()));
-                        return TargetOutcome::GaveUp;
-                    }
-                    GenerateError::Busy { retry_after, .. } => (
-                        429,
-                        "model_busy",
-                        Some(retry_after.as_secs_f64().ceil().max(1.0) as u64),
-                    ),
-                    GenerateError::DeadlineExceeded => (504, "deadline_exceeded", None),
-                    GenerateError::NotReady { .. } => (503, "model_not_ready", None),
-                    GenerateError::Failed(_) => (500, "generation_failed", None),
-                };
+                if matches!(
+                    e,
+                    GenerateError::Invalid { .. } | GenerateError::PromptTooLong { .. }
+                ) {
+                    walk.untranslatable.push(format!("{}: {e}", target.key()));
+                    return TargetOutcome::GaveUp;
+                }
+                let (status, code) = e.status_and_code();
+                let retry = e.retry_after_secs();
                 if alone {
                     walk.record.finish(code);
                     return refused(status, code, e.to_string(), served, retry);

@@ -25,28 +25,13 @@ pub fn routes() -> Router<AppState> {
 
 /// A local model's refusal as an HTTP error.
 pub fn generate_error(e: GenerateError) -> ApiError {
-    let message = e.to_string();
-    match e {
-        GenerateError::Invalid { .. } => ApiError::invalid(message),
-        GenerateError::PromptTooLong { .. } => {
-            ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "prompt_too_long", message)
-        }
-        GenerateError::Busy { retry_after, .. } => {
-            ApiError::new(StatusCode::TOO_MANY_REQUESTS, "model_busy", message)
-                .retry_after(retry_after.as_secs_f64().ceil().max(1.0) as u32)
-        }
-        GenerateError::DeadlineExceeded => {
-            ApiError::new(StatusCode::GATEWAY_TIMEOUT, "deadline_exceeded", message)
-        }
-        GenerateError::NotReady { .. } => {
-            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "model_not_ready", message)
-        }
-        GenerateError::Failed(_) => ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "generation_failed",
-            message,
-        ),
-    }
+    let (status, code) = e.status_and_code();
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let mut error = ApiError::new(status, code, e.to_string());
+    error.retry_after = e
+        .retry_after_secs()
+        .map(|s| s.min(u64::from(u32::MAX)) as u32);
+    error
 }
 
 async fn completions(
