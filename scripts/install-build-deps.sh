@@ -5,8 +5,9 @@
 set -euo pipefail
 need=()
 command -v cmake >/dev/null || need+=(cmake)
-ls /usr/lib/llvm-*/lib/libclang.so* >/dev/null 2>&1 || ls /usr/lib/*/libclang*.so* >/dev/null 2>&1 \
-    || need+=(libclang-dev)
+# libclang itself, not libclang-cpp (a different library some images carry without it).
+compgen -G '/usr/lib/llvm-*/lib/libclang.so*' >/dev/null \
+    || compgen -G '/usr/lib/*/libclang-[0-9]*.so*' >/dev/null || need+=(libclang-dev)
 [ ${#need[@]} -eq 0 ] && exit 0
 echo "install-build-deps: installing ${need[*]}" >&2
 sudo=""
