@@ -4,7 +4,7 @@ CARGO ?= cargo
 TEST_VENV := .cache/test-venv
 PORT ?= 8080
 
-.PHONY: run test test-deps build-deps bench bench-llm models build release test-rust test-integration fmt lint clean-models fuzz
+.PHONY: run test test-deps build-deps bench bench-llm bench-images models build release test-rust test-integration test-images fmt lint clean-models fuzz
 
 ## Fetch the default models once, build in release mode, serve on $(PORT).
 run: models release
@@ -21,6 +21,7 @@ bench: models release
 	python3 bench/overload.py
 	python3 bench/run.py --variant keel-ort-fp32: --variant keel-ort-int8:ORT_PRECISION=int8 --variant keel-candle:BACKEND=candle $(BENCH_ARGS)
 	$(MAKE) bench-llm
+	$(MAKE) bench-images
 
 LLM_BENCH_VENV := .cache/bench-llm-venv
 KEEL_LLM_CMD := PORT={port} HOST=127.0.0.1 LOG_LEVEL=warn MODELS=smollm2-135m-instruct={model} LLM_SLOTS=8 LLM_THREADS={threads} target/release/keel serve
@@ -37,6 +38,18 @@ $(LLM_BENCH_VENV)/.installed: bench/llm-requirements.txt
 	python3 -m venv $(LLM_BENCH_VENV)
 	CMAKE_ARGS="-DGGML_NATIVE=ON -DLLAMA_CURL=OFF" CMAKE_BUILD_PARALLEL_LEVEL=2 \
 		$(LLM_BENCH_VENV)/bin/pip install -q -r bench/llm-requirements.txt
+	touch $@
+
+IMAGES_BENCH_VENV := .cache/bench-images-venv
+
+## Image classification: Keel against FastAPI + PIL + ONNX Runtime on EfficientNet-Lite0, 640x480
+## JPEG uploads at c=1/8/32; bench/images-results.json and its section of BENCHMARKS.md.
+bench-images: models release test-images $(IMAGES_BENCH_VENV)/.installed
+	python3 bench/images.py $(IMAGES_BENCH_ARGS)
+
+$(IMAGES_BENCH_VENV)/.installed: bench/images/requirements.txt
+	python3 -m venv $(IMAGES_BENCH_VENV)
+	$(IMAGES_BENCH_VENV)/bin/pip install -q -r bench/images/requirements.txt
 	touch $@
 
 ## Fuzz HTTP request parsing and tokenization (cargo-fuzz, on stable), FUZZ_SECONDS each (default 60).
@@ -64,7 +77,7 @@ lint: build-deps
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --all-targets -- -D warnings
 
-test-rust: build-deps
+test-rust: build-deps test-images
 	$(CARGO) test --workspace
 
 $(TEST_VENV)/.installed: tests/requirements.txt
@@ -72,7 +85,11 @@ $(TEST_VENV)/.installed: tests/requirements.txt
 	$(TEST_VENV)/bin/pip install -q -r tests/requirements.txt
 	touch $@
 
-test-integration: build $(TEST_VENV)/.installed
+## The photos the image tests classify, from scikit-image's hash-pinned wheel.
+test-images:
+	bash scripts/fetch-test-images.sh
+
+test-integration: build $(TEST_VENV)/.installed test-images
 	KEEL_BIN=$(CURDIR)/target/debug/keel $(TEST_VENV)/bin/python -m pytest -q tests/integration
 	KEEL_BIN=$(CURDIR)/target/debug/keel $(TEST_VENV)/bin/python -m pytest -q tests/gateway
 

@@ -1,4 +1,5 @@
-//! The candle backend: BERT, DistilBERT and XLM-RoBERTa encoders in pure Rust, on the CPU.
+//! The candle backend: BERT, DistilBERT and XLM-RoBERTa encoders, and EfficientNet-Lite
+//! image classifiers ([`efficientnet`]), in pure Rust, on the CPU.
 //!
 //! The encoders come from `candle-transformers`; this crate adds what a server needs around
 //! them: loading weights with or without the task prefix (`bert.`, `roberta.`, ...), the
@@ -7,13 +8,46 @@
 use candle_core::{DType, Device, IndexOp, Module, Tensor, D};
 use candle_nn::{Linear, VarBuilder};
 use candle_transformers::models::{bert, distilbert, xlm_roberta};
-use keel_engine::{Architecture, Backend, BackendError, EncodedBatch, ModelSpec, Pooling, Task};
+use keel_engine::{
+    Architecture, Backend, BackendError, EncodedBatch, ImageBatch, ModelSpec, Pooling, Task,
+};
+
+pub mod efficientnet;
 
 /// Loads the model in `spec.dir` for its task.
 pub fn load(spec: &ModelSpec) -> std::result::Result<Box<dyn Backend>, BackendError> {
-    CandleBackend::load(spec)
-        .map(|b| Box::new(b) as Box<dyn Backend>)
-        .map_err(|e| BackendError::load(&spec.dir, e))
+    match spec.architecture {
+        Architecture::EfficientNetLite => efficientnet::EfficientNetLite::load(spec)
+            .map(|m| Box::new(ImageBackend(m)) as Box<dyn Backend>)
+            .map_err(|e| BackendError::load(&spec.dir, e)),
+        Architecture::OnnxExport => Err(BackendError::load(
+            &spec.dir,
+            "a model.onnx export runs on ONNX Runtime only (BACKEND=ort)",
+        )),
+        Architecture::Bert | Architecture::DistilBert | Architecture::XlmRoberta => {
+            CandleBackend::load(spec)
+                .map(|b| Box::new(b) as Box<dyn Backend>)
+                .map_err(|e| BackendError::load(&spec.dir, e))
+        }
+    }
+}
+
+/// An image classifier: takes image batches only.
+struct ImageBackend(efficientnet::EfficientNetLite);
+
+impl Backend for ImageBackend {
+    fn forward(&self, _: &EncodedBatch) -> std::result::Result<Vec<Vec<f32>>, BackendError> {
+        Err(BackendError::Inference(
+            "an image model takes images, not text".into(),
+        ))
+    }
+
+    fn forward_images(
+        &self,
+        batch: &ImageBatch,
+    ) -> std::result::Result<Vec<Vec<f32>>, BackendError> {
+        self.0.forward_images(batch)
+    }
 }
 
 enum Encoder {
@@ -126,6 +160,9 @@ impl CandleBackend {
                     None
                 };
                 (encoder, head)
+            }
+            Architecture::EfficientNetLite | Architecture::OnnxExport => {
+                return Err(candle_core::Error::Msg("not a text encoder".into()))
             }
         };
         Ok(Self {

@@ -175,6 +175,9 @@ impl EncoderConfig {
                 layer_names: DISTILBERT_LAYER,
                 head: Head::DistilBert,
             },
+            Architecture::EfficientNetLite | Architecture::OnnxExport => {
+                return Err("config.json: not a text encoder".into())
+            }
         };
         if config.heads == 0 || config.hidden % config.heads != 0 {
             return Err(format!(

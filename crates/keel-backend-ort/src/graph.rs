@@ -49,14 +49,15 @@ pub fn build_model(spec: &ModelSpec, precision: Precision) -> Result<Vec<u8>, St
 }
 
 /// Accumulates nodes and initializers; every value gets a fresh, readable name.
-struct Builder {
-    nodes: Vec<NodeProto>,
-    initializers: Vec<TensorProto>,
+#[derive(Default)]
+pub(crate) struct Builder {
+    pub(crate) nodes: Vec<NodeProto>,
+    pub(crate) initializers: Vec<TensorProto>,
     next: usize,
 }
 
 impl Builder {
-    fn fresh(&mut self, hint: &str) -> String {
+    pub(crate) fn fresh(&mut self, hint: &str) -> String {
         self.next += 1;
         format!("{hint}_{}", self.next)
     }
@@ -80,17 +81,17 @@ impl Builder {
         output
     }
 
-    fn op(&mut self, op: &str, inputs: &[&str], attrs: Vec<AttributeProto>) -> String {
+    pub(crate) fn op(&mut self, op: &str, inputs: &[&str], attrs: Vec<AttributeProto>) -> String {
         self.op_in("", op, inputs, attrs)
     }
 
-    fn f32_tensor(&mut self, hint: &str, dims: &[usize], data: &[f32]) -> String {
+    pub(crate) fn f32_tensor(&mut self, hint: &str, dims: &[usize], data: &[f32]) -> String {
         let name = self.fresh(hint);
         self.initializers.push(TensorProto::f32(&name, dims, data));
         name
     }
 
-    fn scalar(&mut self, value: f32) -> String {
+    pub(crate) fn scalar(&mut self, value: f32) -> String {
         self.f32_tensor("const", &[], &[value])
     }
 
@@ -118,11 +119,7 @@ impl<'a> EncoderGraph<'a> {
             config,
             weights,
             precision,
-            b: Builder {
-                nodes: Vec::new(),
-                initializers: Vec::new(),
-                next: 0,
-            },
+            b: Builder::default(),
         }
     }
 
@@ -162,7 +159,12 @@ impl<'a> EncoderGraph<'a> {
                 spec.labels.len(),
                 "logits",
             ),
-            Task::TextGeneration => return Err("an encoder graph cannot generate text".into()),
+            Task::TextGeneration | Task::ImageClassification => {
+                return Err(format!(
+                    "a text encoder graph cannot serve {}",
+                    spec.task.as_str()
+                ))
+            }
         };
         self.b.nodes.push(NodeProto {
             input: vec![output_name],
@@ -479,11 +481,7 @@ mod tests {
 
     #[test]
     fn builder_names_are_unique_and_nodes_ordered() {
-        let mut b = Builder {
-            nodes: Vec::new(),
-            initializers: Vec::new(),
-            next: 0,
-        };
+        let mut b = Builder::default();
         let c = b.scalar(2.0);
         let x = b.op("Mul", &["in", &c], vec![]);
         let y = b.op(

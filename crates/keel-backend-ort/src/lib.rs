@@ -1,5 +1,6 @@
-//! The ONNX Runtime backend: BERT, DistilBERT and XLM-RoBERTa encoders on ONNX Runtime's CPU
-//! execution provider.
+//! The ONNX Runtime backend: BERT, DistilBERT and XLM-RoBERTa encoders, and image
+//! classifiers (EfficientNet-Lite built here, or any folder's own `model.onnx` export), on ONNX
+//! Runtime's CPU execution provider.
 //!
 //! ONNX Runtime is not linked: `libonnxruntime.so` is opened at run time from
 //! [`OrtOptions::dylib_path`] (`scripts/fetch-onnxruntime.sh` puts it in place), once per
@@ -11,6 +12,7 @@
 //! returns: pooled, unnormalized embeddings, or logits.
 
 mod arch;
+pub mod efficientnet;
 pub mod graph;
 mod onnx_proto;
 pub mod quantize;
@@ -22,7 +24,9 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
-use keel_engine::{Backend, BackendError, EncodedBatch, ModelSpec, Pooling, Task};
+use keel_engine::{
+    Architecture, Backend, BackendError, EncodedBatch, ImageBatch, ModelSpec, Pooling, Task,
+};
 use ort::environment::{Environment, GlobalThreadPoolOptions};
 use ort::logging::LogLevel;
 use ort::session::builder::GraphOptimizationLevel;
@@ -77,7 +81,26 @@ pub fn load(spec: &ModelSpec, options: &OrtOptions) -> Result<Box<dyn Backend>, 
 /// Builds the ONNX model Keel would run for a folder without `model.onnx`, serialized; useful
 /// to inspect the graph (e.g. in Netron) or to cache it.
 pub fn build_onnx(spec: &ModelSpec, precision: Precision) -> Result<Vec<u8>, BackendError> {
-    graph::build_model(spec, precision).map_err(|e| BackendError::load(&spec.dir, e))
+    built_graph(spec, precision).map_err(|e| BackendError::load(&spec.dir, e))
+}
+
+/// The graph Keel builds from the folder's safetensors, by architecture.
+fn built_graph(spec: &ModelSpec, precision: Precision) -> Result<Vec<u8>, String> {
+    match spec.architecture {
+        Architecture::EfficientNetLite => {
+            if precision == Precision::Int8 {
+                tracing::warn!(
+                    model = %spec.dir.display(),
+                    "int8 precision applies to text encoders; building the image model in fp32"
+                );
+            }
+            efficientnet::build_model(spec)
+        }
+        Architecture::OnnxExport => Err("the folder has no model.onnx".into()),
+        Architecture::Bert | Architecture::DistilBert | Architecture::XlmRoberta => {
+            graph::build_model(spec, precision)
+        }
+    }
 }
 
 /// What the process-wide environment was built with; a later load must ask for the same.
@@ -225,6 +248,8 @@ enum Input {
     Ids,
     Mask,
     TypeIds,
+    /// `[batch, 3, height, width]` preprocessed images.
+    Pixels,
 }
 
 /// What the chosen output holds.
@@ -273,7 +298,7 @@ impl OrtBackend {
                     .map_err(|e| format!("{}: {e}", path.display()))?
             }
             None => {
-                let bytes = graph::build_model(spec, options.precision)?;
+                let bytes = built_graph(spec, options.precision)?;
                 builder
                     .commit_from_memory(&bytes)
                     .map_err(|e| format!("cannot create the ONNX Runtime session: {e}"))?
@@ -288,11 +313,20 @@ impl OrtBackend {
                     graph::INPUT_IDS => Input::Ids,
                     graph::ATTENTION_MASK => Input::Mask,
                     graph::TOKEN_TYPE_IDS => Input::TypeIds,
+                    efficientnet::PIXEL_VALUES => Input::Pixels,
                     other => return Err(format!("model input \"{other}\" is not supported")),
                 };
                 Ok((i.name().to_string(), kind))
             })
             .collect::<Result<Vec<_>, String>>()?;
+        let images = inputs.iter().any(|(_, kind)| matches!(kind, Input::Pixels));
+        if images != spec.image.is_some() || (images && inputs.len() != 1) {
+            return Err(format!(
+                "the graph's inputs {:?} do not fit a {} model",
+                inputs.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>(),
+                spec.task.as_str()
+            ));
+        }
         let (output_name, output) = choose_output(&session, spec)?;
         let width = spec.dimensions;
         Ok(Self {
@@ -323,10 +357,45 @@ impl OrtBackend {
                 Input::Ids => widen(&batch.input_ids),
                 Input::Mask => widen(&batch.attention_mask),
                 Input::TypeIds => widen(&batch.type_ids),
+                Input::Pixels => return Err("an image model takes images, not text".into()),
             };
             let tensor = Tensor::from_array(([rows, seq], data)).map_err(|e| e.to_string())?;
             values.push((Cow::Borrowed(name.as_str()), tensor.into()));
         }
+        self.execute(values, rows, seq, &batch.attention_mask)
+    }
+
+    fn run_images(&self, batch: &ImageBatch) -> Result<Vec<Vec<f32>>, String> {
+        let rows = batch.batch_size;
+        if rows == 0 {
+            return Ok(Vec::new());
+        }
+        let shape = [rows, 3, batch.height, batch.width];
+        if batch.pixels.len() != shape.iter().product::<usize>() {
+            return Err(format!("image batch is not {shape:?}"));
+        }
+        let name = match self.inputs.as_slice() {
+            [(name, Input::Pixels)] => name,
+            _ => return Err("a text model takes tokens, not images".into()),
+        };
+        // ort takes the data by value; the worker keeps its own batch for nothing after this,
+        // but the trait lends it, so one copy of `3 x h x w x batch` floats (600 KB per 224
+        // image) is made here.
+        let tensor =
+            Tensor::from_array((shape, batch.pixels.clone())).map_err(|e| e.to_string())?;
+        let values: Vec<(Cow<'_, str>, SessionInputValue<'_>)> =
+            vec![(Cow::Borrowed(name.as_str()), tensor.into())];
+        self.execute(values, rows, 0, &[])
+    }
+
+    /// Runs the session and turns the chosen output into one vector per row.
+    fn execute(
+        &self,
+        values: Vec<(Cow<'_, str>, SessionInputValue<'_>)>,
+        rows: usize,
+        seq: usize,
+        attention_mask: &[u32],
+    ) -> Result<Vec<Vec<f32>>, String> {
         let mut session = self.session.lock().unwrap_or_else(PoisonError::into_inner);
         let outputs = session.run(values).map_err(|e| e.to_string())?;
         let value = outputs
@@ -349,7 +418,7 @@ impl OrtBackend {
                         "expected [{rows}, {seq}, hidden] output, got {shape:?}"
                     ));
                 }
-                pool(data, &batch.attention_mask, shape[2], seq, pooling)
+                pool(data, attention_mask, shape[2], seq, pooling)
             }
         };
         if let Some(row) = out.first() {
@@ -376,7 +445,7 @@ fn choose_output(session: &Session, spec: &ModelSpec) -> Result<(String, Output)
         .collect();
     let find = |name: &str| outputs.iter().find(|(n, _)| *n == name).copied();
     let picked = match spec.task {
-        Task::Classification => find("logits")
+        Task::Classification | Task::ImageClassification => find("logits")
             .or_else(|| outputs.iter().find(|(_, rank)| *rank == 2).copied())
             .map(|(n, _)| (n, Output::Rows)),
         Task::Embedding => find("embedding")
@@ -423,6 +492,10 @@ fn pool(data: &[f32], mask: &[u32], hidden: usize, seq: usize, pooling: Pooling)
 impl Backend for OrtBackend {
     fn forward(&self, batch: &EncodedBatch) -> Result<Vec<Vec<f32>>, BackendError> {
         self.run(batch).map_err(BackendError::Inference)
+    }
+
+    fn forward_images(&self, batch: &ImageBatch) -> Result<Vec<Vec<f32>>, BackendError> {
+        self.run_images(batch).map_err(BackendError::Inference)
     }
 }
 

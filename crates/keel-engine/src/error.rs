@@ -41,6 +41,13 @@ pub enum EngineError {
     /// The tokenizer panicked: a fault of the server, not of the input.
     #[error("the tokenizer of model '{model}' panicked")]
     TokenizerPanicked { model: String },
+    /// An uploaded image could not be used (too large, not an image, broken): the
+    /// client's fault, with the status its kind calls for.
+    #[error("image {index}: {error}")]
+    Image {
+        index: usize,
+        error: keel_vision::ImageError,
+    },
     #[error("inference failed: {0}")]
     Inference(String),
     /// The backend panicked in a forward pass; the worker survives and serves later requests.

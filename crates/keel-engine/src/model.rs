@@ -1,17 +1,22 @@
 //! The handle of a model that is ready to serve, and the requests it answers.
 //!
-//! A [`LoadedModel`] pairs a model's tokenizer with its worker's [`JobQueue`]: `embed` and
-//! `classify` tokenize on the blocking pool, queue the inputs, wait for the worker's answer
-//! until the request's deadline, and turn the raw vectors into embeddings or label scores.
+//! A [`LoadedModel`] pairs a model's input preparation (its tokenizer, or image decoding and
+//! preprocessing) with its worker's [`JobQueue`]: `embed`, `classify` and `classify_images`
+//! prepare the inputs on the blocking pool, queue them, wait for the worker's answer until
+//! the request's deadline, and turn the raw vectors into embeddings or label scores.
 //! Loading and readiness live in [`crate::registry`].
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use keel_telemetry::metrics::names;
+use keel_vision::DecodeLimits;
 use tokio::sync::oneshot;
 
+use crate::backend::ModelInput;
 use crate::error::EngineError;
+use crate::images::{self, ImageFacts};
 use crate::postprocess;
 use crate::queue::{Admission, Job, JobQueue};
 use crate::spec::ModelSpec;
@@ -21,18 +26,39 @@ use crate::tokenize::TextTokenizer;
 pub struct LoadedModel {
     pub name: String,
     pub spec: ModelSpec,
-    tokenizer: TextTokenizer,
+    preparation: Preparation,
     jobs: JobQueue,
 }
 
-/// Vectors in input order, the token count of each input after truncation, and timings.
+/// How a request's inputs become model inputs.
+pub(crate) enum Preparation {
+    Text(Box<TextTokenizer>),
+    /// Images are decoded within these limits, then preprocessed as `spec.image` says.
+    Image(DecodeLimits),
+}
+
+/// Vectors in input order, the token count of each input after truncation (text), what
+/// each image was (images), and timings.
 #[derive(Debug)]
 pub struct Inference {
     pub outputs: Vec<Vec<f32>>,
     pub tokens: Vec<usize>,
+    pub images: Vec<ImageFacts>,
     pub queue_wait: Duration,
     pub compute: Duration,
     pub batch_size: usize,
+}
+
+impl Inference {
+    /// Decode time summed over the request's images.
+    pub fn decode(&self) -> Duration {
+        self.images.iter().map(|i| i.decode).sum()
+    }
+
+    /// Preprocessing time summed over the request's images.
+    pub fn preprocess(&self) -> Duration {
+        self.images.iter().map(|i| i.preprocess).sum()
+    }
 }
 
 /// Keeps the in-flight gauge honest even when the caller's future is dropped mid-way.
@@ -55,19 +81,23 @@ impl LoadedModel {
     pub(crate) fn new(
         name: String,
         spec: ModelSpec,
-        tokenizer: TextTokenizer,
+        preparation: Preparation,
         jobs: JobQueue,
     ) -> Self {
         Self {
             name,
             spec,
-            tokenizer,
+            preparation,
             jobs,
         }
     }
 
-    pub fn max_input_tokens(&self) -> usize {
-        self.tokenizer.max_tokens()
+    /// The longest text input, in tokens (None for image models).
+    pub fn max_input_tokens(&self) -> Option<usize> {
+        match &self.preparation {
+            Preparation::Text(tokenizer) => Some(tokenizer.max_tokens()),
+            Preparation::Image(_) => None,
+        }
     }
 
     /// Embeddings (normalized when the model says so) for `texts`.
@@ -96,6 +126,55 @@ impl LoadedModel {
     ) -> Result<Inference, EngineError> {
         let characters = count_characters(&texts);
         let mut inference = self.run(texts, deadline).await?;
+        let top = self.score(&mut inference);
+        self.log(&inference, characters, Some(&top));
+        Ok(inference)
+    }
+
+    /// Label scores (in `spec.labels` order) for uploaded images, each decoded and
+    /// preprocessed on the blocking pool; a bad image fails the request with its index.
+    pub async fn classify_images(
+        self: &Arc<Self>,
+        uploads: Vec<Bytes>,
+        deadline: Instant,
+    ) -> Result<Inference, EngineError> {
+        let _in_flight = InFlight::enter(&self.name);
+        let (Preparation::Image(limits), Some(input)) = (&self.preparation, &self.spec.image)
+        else {
+            return Err(EngineError::WrongTask {
+                name: self.name.clone(),
+                actual: self.spec.task.as_str(),
+                wanted: crate::spec::Task::ImageClassification.as_str(),
+            });
+        };
+        if let Some(wait) = self.jobs.over_bound(deadline) {
+            let e = self.refused(Admission::TooSlow(wait));
+            self.reject(&e);
+            return Err(e);
+        }
+        // Every image of the request at once: they share the process-wide decode slots.
+        let prepared = futures_util::future::join_all(
+            uploads
+                .into_iter()
+                .enumerate()
+                .map(|(index, bytes)| images::prepare(&self.name, index, bytes, input, *limits)),
+        )
+        .await;
+        let (inputs, facts): (Vec<ModelInput>, Vec<ImageFacts>) = prepared
+            .into_iter()
+            .collect::<Result<Vec<_>, _>>()
+            .inspect_err(|e| self.reject(e))?
+            .into_iter()
+            .unzip();
+        let mut inference = self.queue(inputs, deadline).await?;
+        inference.images = facts;
+        let top = self.score(&mut inference);
+        self.log(&inference, 0, Some(&top));
+        Ok(inference)
+    }
+
+    /// Turns logits into scores in place, counts each top label, and returns the top labels.
+    fn score(&self, inference: &mut Inference) -> Vec<(String, f32)> {
         let mut top = Vec::with_capacity(inference.outputs.len());
         for v in inference.outputs.iter_mut() {
             *v = postprocess::scores(v, self.spec.score_function);
@@ -112,8 +191,7 @@ impl LoadedModel {
                 .record(score as f64);
             top.push((label, score));
         }
-        self.log(&inference, characters, Some(&top));
-        Ok(inference)
+        top
     }
 
     /// The one log line per inference.
@@ -128,6 +206,42 @@ impl LoadedModel {
                 .collect::<Vec<_>>()
                 .join(",")
         });
+        if !inference.images.is_empty() {
+            // One image: its own facts; several: sums, and the sizes as a list.
+            let images = &inference.images;
+            let (width, height) = match images.as_slice() {
+                [one] => (Some(one.width), Some(one.height)),
+                _ => (None, None),
+            };
+            let sizes = (images.len() > 1).then(|| {
+                images
+                    .iter()
+                    .map(|i| format!("{}x{}", i.width, i.height))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            });
+            tracing::info!(
+                target: "keel::inference",
+                model = %self.name,
+                task = self.spec.task.as_str(),
+                inputs = inference.outputs.len(),
+                width,
+                height,
+                sizes,
+                bytes = images.iter().map(|i| i.bytes).sum::<usize>(),
+                format = images[0].format,
+                decode_ms = inference.decode().as_secs_f64() * 1e3,
+                preprocess_ms = inference.preprocess().as_secs_f64() * 1e3,
+                batch_size = inference.batch_size,
+                queue_ms = inference.queue_wait.as_secs_f64() * 1e3,
+                compute_ms = inference.compute.as_secs_f64() * 1e3,
+                label,
+                score,
+                labels,
+                "inference"
+            );
+            return;
+        }
         tracing::info!(
             target: "keel::inference",
             model = %self.name,
@@ -168,7 +282,14 @@ impl LoadedModel {
         let model = self.clone();
         let tokenize_span = tracing::info_span!("tokenize", model = %self.name);
         let inputs = tokio::task::spawn_blocking(move || {
-            tokenize_span.in_scope(|| model.tokenizer.encode(&texts))
+            tokenize_span.in_scope(|| match &model.preparation {
+                Preparation::Text(tokenizer) => tokenizer.encode(&texts),
+                Preparation::Image(_) => Err(EngineError::WrongTask {
+                    name: model.name.clone(),
+                    actual: model.spec.task.as_str(),
+                    wanted: "text",
+                }),
+            })
         })
         .await
         .map_err(|e| tokenization_unfinished(&self.name, e))?
@@ -177,10 +298,23 @@ impl LoadedModel {
         for &n in &tokens {
             metrics::histogram!(names::INPUT_TOKENS, "model" => self.name.clone()).record(n as f64);
         }
+        let mut inference = self
+            .queue(inputs.into_iter().map(ModelInput::Text).collect(), deadline)
+            .await?;
+        inference.tokens = tokens;
+        Ok(inference)
+    }
+
+    /// Queues prepared inputs and waits for the worker's answer until the deadline.
+    async fn queue(
+        self: &Arc<Self>,
+        inputs: Vec<ModelInput>,
+        deadline: Instant,
+    ) -> Result<Inference, EngineError> {
         let (reply, answer) = oneshot::channel();
         let job = Job {
+            tokens: inputs.iter().map(ModelInput::cost).sum(),
             inputs,
-            tokens: tokens.iter().sum(),
             enqueued: Instant::now(),
             deadline,
             reply,
@@ -201,7 +335,8 @@ impl LoadedModel {
         };
         Ok(Inference {
             outputs: output.outputs,
-            tokens,
+            tokens: Vec::new(),
+            images: Vec::new(),
             queue_wait: output.queue_wait,
             compute: output.compute,
             batch_size: output.batch_size,
@@ -232,6 +367,7 @@ impl LoadedModel {
             EngineError::EmptyInput { .. } => "empty_input",
             EngineError::InputTooLong { .. } => "input_too_long",
             EngineError::Tokenization(_) => "tokenization",
+            EngineError::Image { .. } => "invalid_image",
             _ => "other",
         };
         metrics::counter!(names::REJECTED, "model" => self.name.clone(), "reason" => reason)

@@ -1,7 +1,7 @@
 //! A model's queue: the requests waiting for its worker, and admission control in front of
 //! it.
 //!
-//! A request becomes a [`Job`] (its tokenized inputs, deadline and reply channel) and is
+//! A request becomes a [`Job`] (its tokenized texts or preprocessed images, deadline and reply channel) and is
 //! pushed onto a bounded channel by [`JobQueue::try_push`], which refuses at once, as an
 //! [`Admission`], when the queue is full in requests or tokens or when the wait it predicts
 //! from the worker's [`Pace`] is longer than the request can afford. The worker
@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender};
 use tokio::sync::oneshot;
 
+use crate::backend::ModelInput;
 use crate::error::EngineError;
-use crate::tokenize::TokenizedInput;
 
 /// What a job got back: one vector per input, and how it went.
 #[derive(Debug)]
@@ -32,7 +32,8 @@ pub struct JobOutput {
 pub type JobResult = Result<JobOutput, EngineError>;
 
 pub struct Job {
-    pub inputs: Vec<TokenizedInput>,
+    pub inputs: Vec<ModelInput>,
+    /// The inputs' cost in the queue's unit ([`ModelInput::cost`]): tokens, or images.
     pub tokens: usize,
     pub enqueued: Instant,
     pub deadline: Instant,
@@ -197,11 +198,11 @@ impl JobQueue {
 pub(crate) mod tests {
     use super::*;
 
-    fn input(len: usize) -> TokenizedInput {
-        TokenizedInput {
+    fn input(len: usize) -> ModelInput {
+        ModelInput::Text(crate::tokenize::TokenizedInput {
             ids: vec![1; len],
             type_ids: vec![0; len],
-        }
+        })
     }
 
     /// A job of inputs of the given lengths, and the receiver of its answer.

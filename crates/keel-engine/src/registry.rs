@@ -19,9 +19,10 @@ use keel_telemetry::metrics::names;
 use serde::Serialize;
 use tokio::sync::watch;
 
-use crate::backend::{BackendLoader, EncodedBatch};
+use crate::backend::{Backend, BackendLoader, EncodedBatch, ImageBatch};
 use crate::error::{EngineError, LoadError};
 use crate::generate::{is_generator_path, GeneratorLoader, TextGenerator};
+use crate::model::Preparation;
 use crate::spec::{ModelSpec, Task};
 use crate::tokenize::TextTokenizer;
 use crate::worker::{self, FailureHook, QueueLimits, WorkerConfig};
@@ -49,6 +50,8 @@ pub struct EngineOptions {
     /// Lower cap on the model's own maximum input length, if set.
     pub max_input_tokens: Option<usize>,
     pub truncate: bool,
+    /// Bounds on uploaded images, checked before decoding.
+    pub image_limits: keel_vision::DecodeLimits,
 }
 
 #[derive(Clone)]
@@ -189,6 +192,11 @@ pub struct ModelSummary {
     pub max_input_tokens: Option<usize>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub dimensions: Option<usize>,
+    /// An image model's input tensor.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub input_size: Option<InputSize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub num_labels: Option<usize>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub labels: Vec<String>,
     /// A generative model's engine facts (context, slots, threads, quantisation).
@@ -425,9 +433,19 @@ impl ModelRegistry {
                     task: spec.map(|s| s.task),
                     architecture: spec.map(|s| s.architecture),
                     max_input_tokens: match &*state {
-                        ModelState::Ready(m) => Some(m.max_input_tokens()),
-                        _ => spec.map(|s| s.max_input_tokens),
+                        ModelState::Ready(m) => m.max_input_tokens(),
+                        _ => spec
+                            .filter(|s| s.image.is_none())
+                            .map(|s| s.max_input_tokens),
                     },
+                    input_size: spec.and_then(|s| s.image.as_ref()).map(|i| InputSize {
+                        channels: 3,
+                        height: i.height,
+                        width: i.width,
+                    }),
+                    num_labels: spec
+                        .filter(|s| s.task.is_classifier())
+                        .map(|s| s.labels.len()),
                     dimensions: spec.map(|s| s.dimensions),
                     labels: spec.map(|s| s.labels.clone()).unwrap_or_default(),
                     engine: None,
@@ -446,12 +464,22 @@ impl ModelRegistry {
                     task: Some(Task::TextGeneration),
                     architecture: None,
                     max_input_tokens: ready.map(|g| g.context_per_request() as usize),
+                    input_size: None,
+                    num_labels: None,
                     dimensions: None,
                     labels: Vec::new(),
                     engine: ready.map(|g| g.describe()),
                 }
             }))
             .collect()
+    }
+
+    /// The task of the configured model `name`, whatever its state.
+    pub fn task_of(&self, name: &str) -> Option<Task> {
+        self.slots
+            .iter()
+            .find(|s| s.source.name == name)
+            .and_then(|s| s.spec.as_ref().map(|spec| spec.task))
     }
 
     /// The model named `name`, or the first configured model for `task`.
@@ -494,8 +522,16 @@ impl ModelRegistry {
     }
 }
 
-/// Loads the tokenizer and the backend, proves them with one warm-up inference, and starts
-/// the model's worker.
+/// The `[channels, height, width]` an image model takes.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct InputSize {
+    pub channels: usize,
+    pub height: usize,
+    pub width: usize,
+}
+
+/// Loads the tokenizer (or image preprocessing) and the backend, proves them with one
+/// warm-up inference, and starts the model's worker.
 fn load(
     name: &str,
     spec: ModelSpec,
@@ -503,6 +539,26 @@ fn load(
     options: &EngineOptions,
     on_failed: FailureHook,
 ) -> Result<LoadedModel, LoadError> {
+    if let Some(image) = &spec.image {
+        let backend = loader(&spec)?;
+        // Warm-up with a mid-grey image: proves the graph takes the preprocessed shape.
+        let batch = ImageBatch {
+            pixels: vec![0.0; 3 * image.height * image.width],
+            batch_size: 1,
+            height: image.height,
+            width: image.width,
+        };
+        let out = backend.forward_images(&batch).map_err(LoadError::WarmUp)?;
+        check_warm_up(&out, spec.dimensions)?;
+        let jobs = spawn_worker(name, backend, options, 1, 0, on_failed);
+        let limits = options.image_limits;
+        return Ok(LoadedModel::new(
+            name.to_string(),
+            spec,
+            Preparation::Image(limits),
+            jobs,
+        ));
+    }
     let max_tokens = options
         .max_input_tokens
         .map_or(spec.max_input_tokens, |cap| cap.min(spec.max_input_tokens));
@@ -515,19 +571,41 @@ fn load(
         .map_err(LoadError::WarmUpInput)?;
     let batch = EncodedBatch::pad(&[&probe[0]], tokenizer.pad_id());
     let out = backend.forward(&batch).map_err(LoadError::WarmUp)?;
-    if out.len() != 1 || out[0].len() != spec.dimensions || out[0].iter().any(|x| !x.is_finite()) {
-        return Err(LoadError::WarmUpOutput {
-            dimensions: spec.dimensions,
-        });
-    }
+    check_warm_up(&out, spec.dimensions)?;
+    let pad_id = tokenizer.pad_id();
+    let jobs = spawn_worker(name, backend, options, max_tokens, pad_id, on_failed);
+    Ok(LoadedModel::new(
+        name.to_string(),
+        spec,
+        Preparation::Text(Box::new(tokenizer)),
+        jobs,
+    ))
+}
 
-    let jobs = worker::spawn(
+fn check_warm_up(out: &[Vec<f32>], dimensions: usize) -> Result<(), LoadError> {
+    if out.len() != 1 || out[0].len() != dimensions || out[0].iter().any(|x| !x.is_finite()) {
+        return Err(LoadError::WarmUpOutput { dimensions });
+    }
+    Ok(())
+}
+
+/// Starts the model's worker; `longest` is the cost of its largest single input, which a
+/// batch must always have room for.
+fn spawn_worker(
+    name: &str,
+    backend: Box<dyn Backend>,
+    options: &EngineOptions,
+    longest: usize,
+    pad_id: u32,
+    on_failed: FailureHook,
+) -> crate::queue::JobQueue {
+    worker::spawn(
         WorkerConfig {
             model: name.to_string(),
             max_batch_size: options.max_batch_size,
-            max_batch_tokens: options.max_batch_tokens.max(max_tokens),
+            max_batch_tokens: options.max_batch_tokens.max(longest),
             max_batch_delay: options.max_batch_delay,
-            pad_id: tokenizer.pad_id(),
+            pad_id,
         },
         backend,
         QueueLimits {
@@ -536,8 +614,7 @@ fn load(
             max_wait: options.max_queue_wait,
         },
         on_failed,
-    );
-    Ok(LoadedModel::new(name.to_string(), spec, tokenizer, jobs))
+    )
 }
 
 #[cfg(test)]
@@ -559,6 +636,7 @@ mod tests {
             max_queue_wait: None,
             max_input_tokens: None,
             truncate: true,
+            image_limits: keel_vision::DecodeLimits::default(),
         }
     }
 

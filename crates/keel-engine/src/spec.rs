@@ -3,7 +3,9 @@
 //! Hugging Face layout: `config.json` names the architecture and, for classifiers, the labels;
 //! sentence-transformers folders add `modules.json` (is there a Normalize step?),
 //! `1_Pooling/config.json` (how token vectors become one) and `sentence_bert_config.json`
-//! (the maximum sequence length the model was trained with).
+//! (the maximum sequence length the model was trained with). Image classifiers add
+//! `preprocessor_config.json` (resize, crop, rescale, normalisation), read once here so a
+//! folder that cannot be served says why before any weights load.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -20,6 +22,8 @@ pub enum Task {
     /// A generative language model (a GGUF file, served by a generation backend).
     #[serde(rename = "text-generation")]
     TextGeneration,
+    #[serde(rename = "image-classification")]
+    ImageClassification,
 }
 
 impl Task {
@@ -28,7 +32,13 @@ impl Task {
             Task::Classification => "classification",
             Task::Embedding => "embedding",
             Task::TextGeneration => "text-generation",
+            Task::ImageClassification => "image-classification",
         }
+    }
+
+    /// Tasks whose answers are label scores (`/predict`).
+    pub fn is_classifier(self) -> bool {
+        matches!(self, Task::Classification | Task::ImageClassification)
     }
 }
 
@@ -38,6 +48,11 @@ pub enum Architecture {
     Bert,
     DistilBert,
     XlmRoberta,
+    /// EfficientNet-Lite image classifiers, built from safetensors ([`crate::efficientnet`]).
+    EfficientNetLite,
+    /// A folder's own `model.onnx` (e.g. an `optimum` export of ViT, ResNet, ConvNeXt),
+    /// run as it is; only a backend that reads ONNX serves it.
+    OnnxExport,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -67,8 +82,19 @@ pub struct ModelSpec {
     pub normalize: bool,
     /// Output width: hidden size for embeddings, label count for classifiers.
     pub dimensions: usize,
-    /// Longest input, in tokens including special tokens, the model accepts.
+    /// Longest input, in tokens including special tokens, the model accepts (text models).
     pub max_input_tokens: usize,
+    /// How images become the model's input (image models only).
+    pub image: Option<ImageInput>,
+}
+
+/// An image model's input: the preprocessing from `preprocessor_config.json`, and the
+/// tensor it produces, `[3, height, width]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ImageInput {
+    pub preprocessing: keel_vision::Preprocessing,
+    pub height: usize,
+    pub width: usize,
 }
 
 #[derive(Debug, Error)]
@@ -130,6 +156,10 @@ impl ModelSpec {
             .get("model_type")
             .and_then(Value::as_str)
             .ok_or_else(|| invalid(&config_path, "missing \"model_type\""))?;
+        let preprocessor = dir.join("preprocessor_config.json");
+        if preprocessor.exists() || model_type == "efficientnet_lite" {
+            return Self::inspect_image_model(dir, &config, model_type);
+        }
         let architecture = match model_type {
             "bert" => Architecture::Bert,
             "distilbert" => Architecture::DistilBert,
@@ -192,6 +222,63 @@ impl ModelSpec {
             normalize,
             dimensions,
             max_input_tokens,
+            image: None,
+        })
+    }
+
+    /// An image classifier: EfficientNet-Lite weights Keel builds itself, or any folder
+    /// with its own `model.onnx` and Hugging Face's two config files.
+    fn inspect_image_model(
+        dir: &Path,
+        config: &Value,
+        model_type: &str,
+    ) -> Result<Self, SpecError> {
+        let config_path = dir.join("config.json");
+        let architecture = if model_type == "efficientnet_lite" {
+            crate::efficientnet::EfficientNetLiteConfig::from_json(config)
+                .map_err(|r| invalid(&config_path, r))?;
+            Architecture::EfficientNetLite
+        } else if dir.join("model.onnx").is_file() {
+            Architecture::OnnxExport
+        } else {
+            return Err(invalid(
+                dir,
+                format!(
+                    "image model_type \"{model_type}\" needs its own model.onnx (export it \
+                     with optimum); Keel builds only efficientnet_lite from safetensors"
+                ),
+            ));
+        };
+        let preprocessor = dir.join("preprocessor_config.json");
+        if !preprocessor.exists() {
+            return Err(invalid(
+                dir,
+                "an image model needs preprocessor_config.json",
+            ));
+        }
+        let preprocessing = keel_vision::Preprocessing::from_hf_config(&preprocessor)
+            .map_err(|r| invalid(&preprocessor, r))?;
+        let (height, width) = preprocessing.input_size();
+        let labels = labels(config).map_err(|r| invalid(&config_path, r))?;
+        let score_function = match config.get("problem_type").and_then(Value::as_str) {
+            Some("multi_label_classification") => ScoreFunction::Sigmoid,
+            _ => ScoreFunction::Softmax,
+        };
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            task: Task::ImageClassification,
+            architecture,
+            dimensions: labels.len(),
+            labels,
+            score_function,
+            pooling: Pooling::Cls,
+            normalize: false,
+            max_input_tokens: 0,
+            image: Some(ImageInput {
+                preprocessing,
+                height: height as usize,
+                width: width as usize,
+            }),
         })
     }
 

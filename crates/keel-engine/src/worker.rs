@@ -18,10 +18,9 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, TryRecvError};
 use keel_telemetry::metrics::names;
 use tokio::sync::oneshot;
 
-use crate::backend::{Backend, EncodedBatch};
+use crate::backend::{Backend, Batch, ModelInput};
 use crate::error::EngineError;
 use crate::queue::{self, Intake, Job, JobOutput, JobQueue, JobResult, Pace};
-use crate::tokenize::TokenizedInput;
 
 /// Backend panics in a row, with no successful batch between them, after which the worker
 /// reports its model failed. One panic may be one odd input; several in a row mean the
@@ -110,12 +109,12 @@ impl Health {
         &mut self,
         backend: &dyn Backend,
         model: &str,
-        batch: &EncodedBatch,
+        batch: &Batch,
     ) -> Result<Vec<Vec<f32>>, Failure> {
         // AssertUnwindSafe: after a panic the backend is used again only by this thread, and
         // a backend that keeps panicking gets the model marked failed (see `panicked`); its
         // own locks recover from poisoning by the workspace's policy.
-        match catch_unwind(AssertUnwindSafe(|| backend.forward(batch))) {
+        match catch_unwind(AssertUnwindSafe(|| backend.run(batch))) {
             Ok(Ok(vectors)) => {
                 self.succeeded();
                 Ok(vectors)
@@ -196,7 +195,7 @@ impl Worker {
             })
             .collect();
         let mut replies: Vec<Reply> = Vec::with_capacity(jobs.len());
-        let mut inputs: Vec<Vec<TokenizedInput>> = Vec::with_capacity(jobs.len());
+        let mut inputs: Vec<Vec<ModelInput>> = Vec::with_capacity(jobs.len());
         let mut spans = Vec::with_capacity(jobs.len());
         for job in jobs {
             drop(job.queue_span);
@@ -208,29 +207,31 @@ impl Worker {
         }
 
         for batch_items in plan(config, &inputs) {
-            let rows: Vec<&TokenizedInput> =
-                batch_items.iter().map(|&(j, i)| &inputs[j][i]).collect();
-            let batch = EncodedBatch::pad(&rows, config.pad_id);
+            let rows: Vec<&ModelInput> = batch_items.iter().map(|&(j, i)| &inputs[j][i]).collect();
+            let batch = Batch::of(&rows, config.pad_id);
             let batch_span = tracing::info_span!(
                 parent: None,
                 "batch",
                 model = %config.model,
-                batch_size = batch.batch_size,
-                seq_len = batch.seq_len
+                batch_size = rows.len(),
+                seq_len = batch.as_ref().map_or(0, Batch::seq_len)
             );
             for &(j, _) in &batch_items {
                 batch_span.follows_from(&spans[j]);
             }
             let batch_started = Instant::now();
-            let result = batch_span.in_scope(|| {
-                self.health
-                    .forward(self.backend.as_ref(), &config.model, &batch)
-            });
+            let result = match &batch {
+                Ok(batch) => batch_span.in_scope(|| {
+                    self.health
+                        .forward(self.backend.as_ref(), &config.model, batch)
+                }),
+                Err(e) => Err(Failure::Error(e.to_string())),
+            };
             let compute = batch_started.elapsed();
-            let failure = match result {
-                Ok(vectors) => {
+            let failure = match (result, batch) {
+                (Ok(vectors), Ok(batch)) => {
                     record_batch(config, &batch, compute);
-                    pace.observe(batch.real_tokens(), compute);
+                    pace.observe(batch.cost(), compute);
                     answer(
                         &batch_items,
                         vectors,
@@ -241,7 +242,8 @@ impl Worker {
                     );
                     continue;
                 }
-                Err(failure) => failure,
+                (Err(failure), _) => failure,
+                (Ok(_), Err(e)) => Failure::Error(e.to_string()),
             };
             match &failure {
                 Failure::Error(e) => {
@@ -265,7 +267,7 @@ impl Worker {
 fn answer(
     batch_items: &[(usize, usize)],
     vectors: Vec<Vec<f32>>,
-    batch: &EncodedBatch,
+    batch: &Batch,
     compute: Duration,
     pending: &mut [Pending],
     replies: &mut [Reply],
@@ -283,7 +285,7 @@ fn answer(
         seen.push(j);
         let p = &mut pending[j];
         p.compute += compute;
-        p.batch_size = p.batch_size.max(batch.batch_size);
+        p.batch_size = p.batch_size.max(batch.batch_size());
         if p.remaining == 0 {
             if let Some((reply, _inference_span)) = replies[j].take() {
                 let outputs = std::mem::take(&mut p.outputs)
@@ -352,11 +354,11 @@ fn drop_unanswerable(config: &WorkerConfig, jobs: Vec<Job>) -> Vec<Job> {
 
 /// The round's inputs as (job, input) pairs, sorted by length so padding stays small, cut
 /// into batches bounded by input count and padded tokens.
-fn plan(config: &WorkerConfig, inputs: &[Vec<TokenizedInput>]) -> Vec<Vec<(usize, usize)>> {
+fn plan(config: &WorkerConfig, inputs: &[Vec<ModelInput>]) -> Vec<Vec<(usize, usize)>> {
     let mut items: Vec<(usize, usize, usize)> = inputs
         .iter()
         .enumerate()
-        .flat_map(|(j, xs)| xs.iter().enumerate().map(move |(i, x)| (j, i, x.len())))
+        .flat_map(|(j, xs)| xs.iter().enumerate().map(move |(i, x)| (j, i, x.cost())))
         .collect();
     items.sort_by_key(|&(_, _, len)| len);
     let mut batches = Vec::new();
@@ -377,18 +379,18 @@ fn plan(config: &WorkerConfig, inputs: &[Vec<TokenizedInput>]) -> Vec<Vec<(usize
     batches
 }
 
-fn record_batch(config: &WorkerConfig, batch: &EncodedBatch, compute: Duration) {
+fn record_batch(config: &WorkerConfig, batch: &Batch, compute: Duration) {
     let model = config.model.clone();
+    let size = batch.batch_size();
     metrics::histogram!(names::INFERENCE_DURATION, "model" => model.clone())
         .record(compute.as_secs_f64());
-    metrics::histogram!(names::BATCH_SIZE, "model" => model.clone())
-        .record(batch.batch_size as f64);
-    metrics::counter!(names::INFERENCE_INPUTS, "model" => model).increment(batch.batch_size as u64);
+    metrics::histogram!(names::BATCH_SIZE, "model" => model.clone()).record(size as f64);
+    metrics::counter!(names::INFERENCE_INPUTS, "model" => model).increment(size as u64);
     tracing::debug!(
         model = %config.model,
-        batch_size = batch.batch_size,
-        seq_len = batch.seq_len,
-        tokens = batch.real_tokens(),
+        batch_size = size,
+        seq_len = batch.seq_len(),
+        cost = batch.cost(),
         compute_ms = compute.as_secs_f64() * 1e3,
         "batch"
     );
@@ -403,11 +405,11 @@ mod tests {
     use crate::queue::tests::job;
     use crate::testing::{self, ScriptedBackend};
 
-    fn input(len: usize) -> TokenizedInput {
-        TokenizedInput {
+    fn input(len: usize) -> ModelInput {
+        ModelInput::Text(crate::tokenize::TokenizedInput {
             ids: vec![1; len],
             type_ids: vec![0; len],
-        }
+        })
     }
 
     fn config(max_batch_size: usize, max_batch_tokens: usize) -> WorkerConfig {
@@ -448,13 +450,13 @@ mod tests {
         let batches = plan(&config(2, 1000), &inputs);
         let lens: Vec<Vec<usize>> = batches
             .iter()
-            .map(|b| b.iter().map(|&(j, i)| inputs[j][i].len()).collect())
+            .map(|b| b.iter().map(|&(j, i)| inputs[j][i].cost()).collect())
             .collect();
         assert_eq!(lens, [vec![3, 4], vec![5, 90], vec![100]]);
         // A token budget of 150 padded tokens keeps 90 and 100 apart.
         let batches = plan(&config(8, 150), &inputs);
         assert!(batches.iter().all(|b| {
-            let longest = b.iter().map(|&(j, i)| inputs[j][i].len()).max().unwrap();
+            let longest = b.iter().map(|&(j, i)| inputs[j][i].cost()).max().unwrap();
             b.len() == 1 || b.len() * longest <= 150
         }));
     }

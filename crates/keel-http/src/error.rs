@@ -78,6 +78,11 @@ impl From<EngineError> for ApiError {
             EngineError::Tokenization(_) => {
                 Self::new(S::UNPROCESSABLE_ENTITY, "tokenization_failed", message)
             }
+            EngineError::Image { error, .. } => Self::new(
+                S::from_u16(error.status()).unwrap_or(S::UNPROCESSABLE_ENTITY),
+                error.code(),
+                message,
+            ),
             EngineError::NotReady { .. } => {
                 Self::new(S::SERVICE_UNAVAILABLE, "model_not_ready", message).retry_after(5)
             }

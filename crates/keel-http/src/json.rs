@@ -24,11 +24,7 @@ pub async fn read_body<S: Send + Sync>(req: Request, state: &S) -> Result<Bytes,
 /// by the timeout layer's error type anywhere in the chain), or broken (400).
 pub fn body_error(rejection: &BytesRejection) -> ApiError {
     if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-        return ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "body_too_large",
-            "the request body is larger than MAX_BODY_BYTES allows",
-        );
+        return body_too_large();
     }
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(rejection);
     while let Some(e) = source {
@@ -45,6 +41,48 @@ pub fn body_error(rejection: &BytesRejection) -> ApiError {
         StatusCode::BAD_REQUEST,
         "unreadable_body",
         format!("cannot read the request body: {rejection}"),
+    )
+}
+
+/// The raw body, at most `limit` bytes: for routes whose body kinds have limits of their own
+/// (`/predict` takes JSON under MAX_BODY_BYTES and images under MAX_IMAGE_BYTES). A body over
+/// the limit is answered with `too_large` (413).
+pub async fn read_body_within(
+    req: Request,
+    limit: usize,
+    too_large: ApiError,
+) -> Result<Bytes, ApiError> {
+    let error = match axum::body::to_bytes(req.into_body(), limit).await {
+        Ok(bytes) => return Ok(bytes),
+        Err(e) => e,
+    };
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&error);
+    while let Some(e) = source {
+        if e.is::<http_body_util::LengthLimitError>() {
+            return Err(too_large);
+        }
+        if e.is::<TimeoutError>() {
+            return Err(ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "body_timeout",
+                "the request body was not received within BODY_READ_TIMEOUT_MS",
+            ));
+        }
+        source = e.source();
+    }
+    Err(ApiError::new(
+        StatusCode::BAD_REQUEST,
+        "unreadable_body",
+        format!("cannot read the request body: {error}"),
+    ))
+}
+
+/// The 413 for a JSON body over MAX_BODY_BYTES.
+pub fn body_too_large() -> ApiError {
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "body_too_large",
+        "the request body is larger than MAX_BODY_BYTES allows",
     )
 }
 

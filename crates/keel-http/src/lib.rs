@@ -26,6 +26,9 @@ use tower_http::timeout::RequestBodyTimeoutLayer;
 pub struct Limits {
     /// Largest request body, in bytes.
     pub max_body_bytes: usize,
+    /// Largest image upload (a raw body or a whole multipart form), in bytes; JSON bodies,
+    /// base64 images included, stay under `max_body_bytes`.
+    pub max_image_bytes: usize,
     /// Most inputs one request may carry.
     pub max_client_batch: usize,
     /// Time a request may take; a client may ask for less with `X-Request-Timeout-Ms`.
@@ -109,9 +112,10 @@ pub fn router(state: AppState) -> Router {
     let api_keys = state.api_keys.clone();
     let limiter = state.limiter.clone();
     let cors = state.cors.layer();
+    let predict = routes::predict::routes(&state.limits);
     let local = Router::new()
         .merge(routes::health::routes())
-        .merge(routes::predict::routes())
+        .merge(predict)
         .merge(routes::embeddings::routes())
         .merge(routes::completions::routes())
         .merge(routes::models::routes())

@@ -8,7 +8,7 @@
 use std::time::Instant;
 
 use axum::extract::{MatchedPath, Request};
-use axum::http::{header, HeaderName, HeaderValue};
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue};
 use axum::middleware::Next;
 use axum::response::Response;
 use keel_telemetry::metrics::names;
@@ -18,6 +18,8 @@ pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 pub const TOTAL_MS: HeaderName = HeaderName::from_static("x-keel-total-ms");
 pub const QUEUE_MS: HeaderName = HeaderName::from_static("x-keel-queue-ms");
 pub const INFERENCE_MS: HeaderName = HeaderName::from_static("x-keel-inference-ms");
+pub const DECODE_MS: HeaderName = HeaderName::from_static("x-keel-decode-ms");
+pub const PREPROCESS_MS: HeaderName = HeaderName::from_static("x-keel-preprocess-ms");
 
 #[derive(Clone)]
 struct RouteTemplate(String);
@@ -115,11 +117,13 @@ pub fn ms_header(d: std::time::Duration) -> HeaderValue {
 }
 
 /// Queue and compute time of an inference, for the response headers.
-pub fn inference_headers(
-    inference: &keel_engine::registry::Inference,
-) -> [(HeaderName, HeaderValue); 2] {
-    [
-        (QUEUE_MS, ms_header(inference.queue_wait)),
-        (INFERENCE_MS, ms_header(inference.compute)),
-    ]
+pub fn inference_headers(inference: &keel_engine::registry::Inference) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    headers.insert(QUEUE_MS, ms_header(inference.queue_wait));
+    headers.insert(INFERENCE_MS, ms_header(inference.compute));
+    if !inference.images.is_empty() {
+        headers.insert(DECODE_MS, ms_header(inference.decode()));
+        headers.insert(PREPROCESS_MS, ms_header(inference.preprocess()));
+    }
+    headers
 }

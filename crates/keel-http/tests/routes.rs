@@ -24,6 +24,7 @@ fn app(gateway_toml: Option<&str>) -> Router {
         registry: keel_engine::ModelRegistry::new(Vec::new()),
         limits: Limits {
             max_body_bytes: 1024,
+            max_image_bytes: 4096,
             max_client_batch: 8,
             request_timeout: Duration::from_secs(5),
             body_read_timeout: Duration::from_millis(100),

@@ -26,6 +26,10 @@ pub mod names {
     pub const INFERENCE_INPUTS: &str = "keel_inference_inputs_total";
     pub const PREDICTIONS: &str = "keel_predictions_total";
     pub const PREDICTION_SCORE: &str = "keel_prediction_score";
+    pub const IMAGE_DECODE: &str = "keel_image_decode_seconds";
+    pub const IMAGE_PREPROCESS: &str = "keel_image_preprocess_seconds";
+    pub const IMAGE_PIXELS: &str = "keel_image_pixels";
+    pub const IMAGE_BYTES: &str = "keel_image_bytes";
 
     pub const LLM_TIME_TO_FIRST_TOKEN: &str = "keel_llm_time_to_first_token_seconds";
     pub const LLM_INTER_TOKEN: &str = "keel_llm_inter_token_latency_seconds";
@@ -56,6 +60,9 @@ const CHARACTER_BUCKETS: &[f64] = &[
     16.0, 64.0, 256.0, 1024.0, 4096.0, 16384.0, 65536.0, 262144.0,
 ];
 const SCORE_BUCKETS: &[f64] = &[0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0];
+/// From a thumbnail to a 48-megapixel phone photo.
+const PIXEL_BUCKETS: &[f64] = &[1e4, 5e4, 1e5, 3e5, 1e6, 2e6, 4e6, 8e6, 1.6e7, 3.2e7, 6.4e7];
+const BYTE_BUCKETS: &[f64] = &[1e3, 1e4, 5e4, 1e5, 2.5e5, 5e5, 1e6, 2.5e6, 5e6, 1e7, 2.5e7];
 
 /// Installs the global recorder and returns the handle `/metrics` renders from.
 pub fn install() -> Result<PrometheusHandle, String> {
@@ -69,6 +76,8 @@ pub fn install() -> Result<PrometheusHandle, String> {
         .and_then(|b| {
             b.set_buckets_for_metric(Matcher::Full(PREDICTION_SCORE.into()), SCORE_BUCKETS)
         })
+        .and_then(|b| b.set_buckets_for_metric(Matcher::Full(IMAGE_PIXELS.into()), PIXEL_BUCKETS))
+        .and_then(|b| b.set_buckets_for_metric(Matcher::Full(IMAGE_BYTES.into()), BYTE_BUCKETS))
         .map_err(|e| e.to_string())?;
     let handle = builder.install_recorder().map_err(|e| e.to_string())?;
     describe();
@@ -130,6 +139,22 @@ fn describe() {
     describe_histogram!(
         PREDICTION_SCORE,
         "Score of the top label per classified input, by model and label"
+    );
+    describe_histogram!(
+        IMAGE_DECODE,
+        Unit::Seconds,
+        "Time to decode one uploaded image (on the blocking pool), by model"
+    );
+    describe_histogram!(
+        IMAGE_PREPROCESS,
+        Unit::Seconds,
+        "Time to resize, crop and normalise one decoded image, by model"
+    );
+    describe_histogram!(IMAGE_PIXELS, "Pixels per decoded image, by model");
+    describe_histogram!(
+        IMAGE_BYTES,
+        Unit::Bytes,
+        "Encoded bytes per uploaded image, by model"
     );
 }
 

@@ -71,6 +71,10 @@ async fn serve(settings: Settings, metrics: PrometheusHandle) -> anyhow::Result<
             max_queue_wait: settings.max_queue_wait,
             max_input_tokens: settings.max_input_tokens,
             truncate: settings.truncate,
+            image_limits: keel_engine::DecodeLimits {
+                max_pixels: settings.max_image_pixels,
+                max_bytes: settings.max_image_bytes,
+            },
         },
     );
     let llm = settings.llm.clone();
@@ -86,6 +90,7 @@ async fn serve(settings: Settings, metrics: PrometheusHandle) -> anyhow::Result<
         registry: registry.clone(),
         limits: Limits {
             max_body_bytes: settings.max_body_bytes,
+            max_image_bytes: settings.max_image_bytes,
             max_client_batch: settings.max_client_batch,
             request_timeout: settings.request_timeout,
             body_read_timeout: settings.body_read_timeout,

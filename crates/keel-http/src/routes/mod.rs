@@ -8,6 +8,7 @@ pub mod metrics;
 pub mod models;
 pub mod openapi;
 pub mod predict;
+pub mod uploads;
 
 use std::time::{Duration, Instant};
 

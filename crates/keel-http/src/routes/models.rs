@@ -19,14 +19,21 @@ async fn list_models(State(state): State<AppState>) -> Json<Value> {
         .summaries()
         .into_iter()
         .map(|m| {
-            json!({
+            let mut model = json!({
                 "id": m.name,
                 "object": "model",
                 "created": 0,
                 "owned_by": "keel",
                 "task": m.task,
                 "state": m.state,
-            })
+            });
+            if let Some(size) = m.input_size {
+                model["input_size"] = json!(size);
+            }
+            if let Some(n) = m.num_labels {
+                model["num_labels"] = json!(n);
+            }
+            model
         })
         .collect();
     Json(json!({"object": "list", "data": data}))

@@ -213,8 +213,8 @@ fn body(served: &Served, text: Value, body_errors: &[&str], get_errors: &[&str])
                     "503": {"description": "not ready", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Readiness"}}}}
                 }}},
             "/predict": {"post": {
-                "summary": "Text classification",
-                "description": "Also accepts the text in the query string instead of a body: POST /predict?text=...&model=...&top_k=...",
+                "summary": "Text and image classification",
+                "description": "Also accepts the text in the query string instead of a body: POST /predict?text=...&model=...&top_k=... . Images go to an image model: as multipart/form-data file parts (text parts model and top_k), as a raw body with Content-Type image/jpeg, png, webp, gif, bmp or tiff (?model=&top_k= in the query), or in JSON as {\"image\": base64 or data: URL}, {\"images\": [...]}, or {\"inputs\": [...]} naming an image model. Bad images answer 413 image_too_large, 415 unsupported_image_format or 422 invalid_image.",
                 "requestBody": {"required": true, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/PredictRequest"}}}},
                 "responses": responses(json!({"oneOf": [
                     {"$ref": "#/components/schemas/LabelScore"},

@@ -53,6 +53,8 @@ pub struct Settings {
     pub max_batch_size: usize,
     pub max_client_batch: usize,
     pub max_body_bytes: usize,
+    pub max_image_bytes: usize,
+    pub max_image_pixels: u64,
     pub max_input_tokens: Option<usize>,
     pub truncate: bool,
     pub max_queue_requests: usize,
@@ -145,6 +147,8 @@ impl Settings {
             max_batch_size: env.count(&MAX_BATCH_SIZE)?,
             max_client_batch: env.count(&MAX_CLIENT_BATCH)?,
             max_body_bytes: env.count(&MAX_BODY_BYTES)?,
+            max_image_bytes: env.count(&MAX_IMAGE_BYTES)?,
+            max_image_pixels: env.number(&MAX_IMAGE_PIXELS)?,
             max_input_tokens: env.optional_number(&MAX_INPUT_TOKENS)?.map(|n| n as usize),
             truncate: env.flag(&TRUNCATE)?,
             max_queue_requests: env.count(&MAX_QUEUE_REQUESTS)?,
@@ -279,16 +283,18 @@ impl Settings {
             "shutdown_timeout_ms": self.shutdown_timeout.as_millis() as u64,
         });
         // Apart: one json! of every key would pass serde_json's macro recursion limit.
-        let llm = json!({
+        let more = json!({
             "llm_slots": self.llm.slots,
             "llm_context": self.llm.context_per_slot,
             "llm_threads": self.llm.threads,
             "llm_step_tokens": self.llm.step_tokens,
             "llm_max_waiting": self.llm.max_waiting,
             "llm_prefix_cache": self.llm.prefix_cache,
+            "max_image_bytes": self.max_image_bytes,
+            "max_image_pixels": self.max_image_pixels,
         });
-        if let (Some(all), serde_json::Value::Object(llm)) = (values.as_object_mut(), llm) {
-            all.extend(llm);
+        if let (Some(all), serde_json::Value::Object(more)) = (values.as_object_mut(), more) {
+            all.extend(more);
         }
         values
     }
@@ -399,16 +405,21 @@ mod tests {
     fn defaults_serve_the_default_models_on_8080() {
         let s = settings(&[]).unwrap();
         assert_eq!(s.port, 8080);
-        assert_eq!(s.models.len(), 3);
+        assert_eq!(s.models.len(), 4);
         assert_eq!(s.models[0].name, "all-MiniLM-L6-v2");
+        assert_eq!(s.models[2].name, "efficientnet-lite0");
         // The GGUF is a local generative model, which the gateway can route to.
-        assert_eq!(s.models[2].name, "smollm2-135m-instruct");
+        assert_eq!(s.models[3].name, "smollm2-135m-instruct");
         assert!(s.gateway.local.contains("smollm2-135m-instruct"));
         assert_eq!((s.llm.slots, s.llm.context_per_slot), (8, 2048));
         assert_eq!(s.log_format, LogFormat::Json);
         assert!(s.truncate);
         assert_eq!(s.max_input_tokens, None);
         assert_eq!(s.max_queue_wait, None);
+        assert_eq!(
+            (s.max_image_pixels, s.max_image_bytes),
+            (40_000_000, 20 << 20)
+        );
         assert_eq!(s.request_timeout, Duration::from_secs(30));
         assert!(s.inference_threads >= 1);
         assert!(!s.allow_open_gateway);

@@ -213,6 +213,20 @@ declare! {
         kind: Kind::Number { default: Value(2_097_152), min: 1, max: 1 << 30, unit: "bytes" },
         secret: false, show: Shown("max_body_bytes"),
     }
+    MAX_IMAGE_BYTES {
+        help: "largest image upload in bytes (a raw body or a whole multipart form; JSON \
+               bodies, base64 images included, stay under MAX_BODY_BYTES)",
+        kind: Kind::Number { default: Value(20_971_520), min: 1, max: 1 << 30, unit: "bytes" },
+        secret: false, show: Shown("max_image_bytes"),
+    }
+    MAX_IMAGE_PIXELS {
+        help: "largest decoded image in pixels (width x height), checked from the header \
+               before decoding",
+        kind: Kind::Number {
+            default: Value(40_000_000), min: 1, max: 1 << 32, unit: "pixels",
+        },
+        secret: false, show: Shown("max_image_pixels"),
+    }
     MAX_INPUT_TOKENS {
         help: "lower cap on tokens per input",
         kind: Kind::Number {
@@ -450,6 +464,7 @@ declare! {
 /// Served when no model is configured: what `make run` fetches.
 pub const DEFAULT_MODELS: &str = "all-MiniLM-L6-v2=models/all-MiniLM-L6-v2,\
      sentiment-minilm-l6=models/sentiment-minilm-l6,\
+     efficientnet-lite0=models/efficientnet-lite0,\
      smollm2-135m-instruct=models/SmolLM2-135M-Instruct.Q4_1.gguf";
 
 /// The settings table for `--help`.
