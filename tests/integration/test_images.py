@@ -10,7 +10,9 @@ import base64
 import io
 import json
 import pathlib
+import shutil
 import struct
+import sys
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 
@@ -425,3 +427,37 @@ def test_log_line_headers_metrics_and_model_listing(server):
     assert info[IMAGE_MODEL]["task"] == "image-classification"
     assert info[IMAGE_MODEL]["input_size"]["height"] == 224
     assert info[IMAGE_MODEL]["num_labels"] == 1000
+
+
+# --- a user's own export ----------------------------------------------------------------------
+
+
+def test_an_exported_onnx_folder_is_served_from_its_own_files(server, tmp_path):
+    """What `optimum-cli export onnx` writes for an image classifier: model.onnx beside HF's
+    config.json and preprocessor_config.json. The graph is the benchmark reference's (the same
+    weights, written with the onnx package); the model_type is one Keel cannot build itself,
+    so only the folder's own files can serve it."""
+    import onnx
+
+    sys.path.insert(0, str(ROOT / "bench" / "images" / "reference"))
+    import build_onnx
+
+    onnx.save(build_onnx.build(MODELS / IMAGE_MODEL), str(tmp_path / "model.onnx"))
+    config = json.loads((MODELS / IMAGE_MODEL / "config.json").read_text())
+    config["model_type"] = "mobilenet_v2"
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    shutil.copy(MODELS / IMAGE_MODEL / "preprocessor_config.json", tmp_path)
+    exported = Keel({"MODELS": f"exported={tmp_path}"}).wait_ready()
+    try:
+        for name in ("coffee.png", "chelsea.png"):
+            r = predict_file(exported, photo(name), name, top_k="5")
+            assert r.status_code == 200, r.text
+            ours = predict_file(server, photo(name), name, top_k="5").json()
+            assert [a["label"] for a in r.json()] == [a["label"] for a in ours], name
+            for a, b in zip(r.json(), ours):
+                assert abs(a["score"] - b["score"]) < 1e-4, (name, a, b)
+        listed = requests.get(exported.url("/v1/models"), timeout=10).json()["data"]
+        assert listed[0]["task"] == "image-classification"
+        assert listed[0]["input_size"] == {"channels": 3, "height": 224, "width": 224}
+    finally:
+        assert exported.stop() == 0
