@@ -103,7 +103,12 @@ def test_one_hundred_thousand_inputs_are_refused(url):
 @pytest.mark.parametrize("content_type", [None, "text/plain", "application/x-www-form-urlencoded",
                                           "multipart/form-data; boundary=x", "application/jsonx", "json"])
 def test_wrong_content_types_are_415(url, path, content_type):
-    assert_error(post_raw(url, path, b'{"text": "x", "input": "x"}', content_type), 415, "unsupported_media_type")
+    r = post_raw(url, path, b'{"text": "x", "input": "x"}', content_type)
+    if path == "/predict" and (content_type or "").startswith("multipart/"):
+        # /predict takes image uploads as multipart forms: this one is a broken form.
+        assert_error(r, 400, "malformed_multipart")
+    else:
+        assert_error(r, 415, "unsupported_media_type")
 
 
 @pytest.mark.parametrize("path", ROUTES)
