@@ -141,18 +141,26 @@ impl Preprocessing {
 
     /// The model input for one image: `3 x height x width` floats, channels first.
     pub fn apply(&self, image: &RgbImage) -> Vec<f32> {
-        let resized;
-        let (source, w, h) = match self.resized_size(image.width(), image.height()) {
-            Some((w, h)) if (w, h) != image.dimensions() => {
-                resized = self.resize(image, w, h);
-                (resized.as_slice(), w, h)
-            }
-            _ => (image.as_raw().as_slice(), image.width(), image.height()),
-        };
+        let (w, h) = self
+            .resized_size(image.width(), image.height())
+            .unwrap_or(image.dimensions());
         let (ch, cw) = self.crop.unwrap_or((h, w));
         // Floor division, as HF's centre crop does; a crop larger than the image pads with 0.
         let top = (i64::from(h) - i64::from(ch)).div_euclid(2);
         let left = (i64::from(w) - i64::from(cw)).div_euclid(2);
+        let resized;
+        let (source, (sw, sh), top, left) = if (w, h) == image.dimensions() {
+            (image.as_raw().as_slice(), (w, h), top, left)
+        } else if top >= 0 && left >= 0 {
+            // Only the window the crop keeps is resized: the same pixels as resizing the
+            // whole image and cropping, for about half the work.
+            resized = self.resize(image, (w, h), (left as u32, top as u32, cw, ch));
+            (resized.as_slice(), (cw, ch), 0, 0)
+        } else {
+            resized = self.resize(image, (w, h), (0, 0, w, h));
+            (resized.as_slice(), (w, h), top, left)
+        };
+        let (w, h) = (sw, sh);
         let lut: Vec<[f32; 256]> = (0..3)
             .map(|c| {
                 let mut t = [0f32; 256];
@@ -198,9 +206,25 @@ impl Preprocessing {
         }
     }
 
-    fn resize(&self, image: &RgbImage, w: u32, h: u32) -> Vec<u8> {
+    /// The `window` (left, top, width, height) of `image` resized to `size`.
+    fn resize(&self, image: &RgbImage, size: (u32, u32), window: (u32, u32, u32, u32)) -> Vec<u8> {
+        let (iw, ih) = image.dimensions();
+        let (sx, sy) = (
+            f64::from(iw) / f64::from(size.0),
+            f64::from(ih) / f64::from(size.1),
+        );
+        let (left, top, ww, wh) = window;
+        let (left, top) = (f64::from(left) * sx, f64::from(top) * sy);
         let filter = match self.resample {
-            0 => return nearest(image, w, h),
+            0 => {
+                let options = ResizeOptions::new().resize_alg(ResizeAlg::Nearest).crop(
+                    left,
+                    top,
+                    f64::from(ww) * sx,
+                    f64::from(wh) * sy,
+                );
+                return nearest(image, (ww, wh), &options);
+            }
             1 => FilterType::Lanczos3,
             3 => FilterType::CatmullRom,
             4 => FilterType::Box,
@@ -212,19 +236,17 @@ impl Preprocessing {
         // fifth of the values, which moves close calls between classes; each pass here runs in
         // f32 and is rounded as Pillow rounds, which matches Pillow's output.
         let options = ResizeOptions::new().resize_alg(ResizeAlg::Convolution(filter));
-        let (sw, sh) = image.dimensions();
         let source: Vec<f32> = image.as_raw().iter().map(|&v| f32::from(v)).collect();
-        let rows = convolve(&source, (sw, sh), (w, sh), &options);
-        let both = convolve(&rows, (w, sh), (w, h), &options);
+        let rows = options.crop(left, 0.0, f64::from(ww) * sx, f64::from(ih));
+        let rows = convolve(&source, (iw, ih), (ww, ih), &rows);
+        let columns = options.crop(0.0, top, f64::from(ww), f64::from(wh) * sy);
+        let both = convolve(&rows, (ww, ih), (ww, wh), &columns);
         both.iter().map(|&v| v as u8).collect()
     }
 }
 
 /// One resize pass in f32, rounded half up and clamped to 0..=255 as Pillow's 8-bit passes are.
 fn convolve(source: &[f32], from: (u32, u32), to: (u32, u32), options: &ResizeOptions) -> Vec<f32> {
-    if from == to {
-        return source.to_vec();
-    }
     let mut out = vec![0f32; (to.0 * to.1 * 3) as usize];
     // Both buffers are f32 x 3 of the sizes given, so neither view nor resize can fail.
     let src = ImageRef::new(
@@ -250,7 +272,7 @@ fn convolve(source: &[f32], from: (u32, u32), to: (u32, u32), options: &ResizeOp
     out
 }
 
-fn nearest(image: &RgbImage, w: u32, h: u32) -> Vec<u8> {
+fn nearest(image: &RgbImage, size: (u32, u32), options: &ResizeOptions) -> Vec<u8> {
     let src = ImageRef::new(
         image.width(),
         image.height(),
@@ -258,13 +280,9 @@ fn nearest(image: &RgbImage, w: u32, h: u32) -> Vec<u8> {
         PixelType::U8x3,
     )
     .expect("an RgbImage buffer is w x h x 3 bytes");
-    let mut dst = Image::new(w, h, PixelType::U8x3);
+    let mut dst = Image::new(size.0, size.1, PixelType::U8x3);
     Resizer::new()
-        .resize(
-            &src,
-            &mut dst,
-            &ResizeOptions::new().resize_alg(ResizeAlg::Nearest),
-        )
+        .resize(&src, &mut dst, options)
         .expect("same pixel type, non-zero sizes");
     dst.into_vec()
 }
