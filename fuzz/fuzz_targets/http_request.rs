@@ -72,6 +72,7 @@ fn harness() -> &'static Harness {
             // small enough for the fuzzer's inputs (-max_len) to reach the 413 path.
             limits: Limits {
                 max_body_bytes: 16 * 1024,
+                max_image_bytes: 16 * 1024,
                 max_client_batch: 256,
                 request_timeout: Duration::from_secs(30),
                 body_read_timeout: Duration::from_secs(10),
