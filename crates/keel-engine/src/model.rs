@@ -92,6 +92,15 @@ impl LoadedModel {
         }
     }
 
+    /// The model's tokenizer (None for image models): what cuts documents into pieces the
+    /// model reads whole.
+    pub fn text_tokenizer(&self) -> Option<&TextTokenizer> {
+        match &self.preparation {
+            Preparation::Text(tokenizer) => Some(tokenizer),
+            Preparation::Image(_) => None,
+        }
+    }
+
     /// The longest text input, in tokens (None for image models).
     pub fn max_input_tokens(&self) -> Option<usize> {
         match &self.preparation {

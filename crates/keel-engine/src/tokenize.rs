@@ -29,7 +29,11 @@ impl TokenizedInput {
 
 pub struct TextTokenizer {
     inner: Tokenizer,
+    /// The same tokenizer without truncation, for [`TextTokenizer::content_spans`].
+    untruncated: Tokenizer,
     max_tokens: usize,
+    /// Tokens the post-processor adds around one input ([CLS] and [SEP] for BERT).
+    specials: usize,
     truncate: bool,
     pad_id: u32,
 }
@@ -43,6 +47,15 @@ impl TextTokenizer {
         };
         let mut inner = Tokenizer::from_file(&path).map_err(failed)?;
         inner.with_padding(None);
+        let mut untruncated = inner.clone();
+        untruncated.with_truncation(None).map_err(failed)?;
+        let specials = match (
+            untruncated.encode("a", true),
+            untruncated.encode("a", false),
+        ) {
+            (Ok(with), Ok(without)) => with.len().saturating_sub(without.len()),
+            (Err(e), _) | (_, Err(e)) => return Err(failed(e)),
+        };
         inner
             .with_truncation(Some(TruncationParams {
                 max_length: max_tokens,
@@ -57,7 +70,9 @@ impl TextTokenizer {
             .unwrap_or(0);
         Ok(Self {
             inner,
+            untruncated,
             max_tokens,
+            specials,
             truncate,
             pad_id,
         })
@@ -65,6 +80,22 @@ impl TextTokenizer {
 
     pub fn max_tokens(&self) -> usize {
         self.max_tokens
+    }
+
+    /// Content tokens one input can hold: the limit less the special tokens around it
+    /// (254 for all-MiniLM-L6-v2). A chunk this long is embedded whole.
+    pub fn content_limit(&self) -> usize {
+        self.max_tokens.saturating_sub(self.specials)
+    }
+
+    /// Byte ranges of the content tokens of `text`: no special tokens, no truncation. For
+    /// cutting text into model-sized pieces; callers bound the text they pass.
+    pub fn content_spans(&self, text: &str) -> Result<Vec<std::ops::Range<usize>>, EngineError> {
+        let enc = self
+            .untruncated
+            .encode(text, false)
+            .map_err(|e| EngineError::Tokenization(e.to_string()))?;
+        Ok(enc.get_offsets().iter().map(|&(a, b)| a..b).collect())
     }
 
     pub fn pad_id(&self) -> u32 {
@@ -96,5 +127,35 @@ impl TextTokenizer {
                 })
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn minilm() -> TextTokenizer {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/all-MiniLM-L6-v2");
+        TextTokenizer::load(&dir, 256, true).expect("run `make models`")
+    }
+
+    #[test]
+    fn content_limit_leaves_room_for_the_special_tokens() {
+        assert_eq!(minilm().content_limit(), 254);
+    }
+
+    #[test]
+    fn content_spans_cover_long_text_untruncated_and_slice_back_to_it() {
+        let tok = minilm();
+        let text = "Flask's url_for() builds URLs. ".repeat(100);
+        let spans = tok.content_spans(&text).unwrap();
+        assert!(spans.len() > 256, "{} spans", spans.len());
+        assert_eq!(spans[0].start, 0);
+        assert!(spans.windows(2).all(|w| w[0].end <= w[1].start));
+        let rebuilt: String = spans.iter().map(|r| &text[r.clone()]).collect();
+        let squeezed: String = text.chars().filter(|c| !c.is_whitespace()).collect();
+        assert_eq!(rebuilt, squeezed);
+        // The request path still truncates at the limit.
+        assert_eq!(tok.encode(&[text]).unwrap()[0].len(), 256);
     }
 }
