@@ -84,6 +84,7 @@ fn harness() -> &'static Harness {
             api_keys: ApiKeys::new(vec![], false),
             limiter: None,
             cors: keel_http::Cors::default(),
+            rag: None,
         };
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()

@@ -169,6 +169,7 @@ def start_gateway(fake_server, tmp, extra_env=None, config_text=CONFIG):
         "HOST": "127.0.0.1",
         "PORT": "0",
         "SHUTDOWN_GRACE_MS": "0",
+        "PERSISTENT_STORAGE_DIR": str(tmp / "data"),
         **(extra_env or {}),
     }
     assert BIN.exists(), f"build keel first: {BIN} is missing"

@@ -11,6 +11,7 @@ import pathlib
 import re
 import signal
 import subprocess
+import tempfile
 import threading
 import time
 
@@ -38,6 +39,8 @@ class Keel:
             "PORT": "0",
             "LOG_FORMAT": "json",
             "MODELS": f"{EMBED_MODEL}={MODELS / EMBED_MODEL},{CLASSIFIER}={MODELS / CLASSIFIER}",
+            # Each server its own RAG store, never the checkout's ./data.
+            "PERSISTENT_STORAGE_DIR": tempfile.mkdtemp(prefix="keel-data-"),
         }
         full_env.update(env or {})
         full_env = {k: v for k, v in full_env.items() if v is not None}

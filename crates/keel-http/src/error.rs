@@ -104,6 +104,40 @@ impl From<EngineError> for ApiError {
     }
 }
 
+impl From<keel_rag::records::StoreError> for ApiError {
+    fn from(e: keel_rag::records::StoreError) -> Self {
+        use keel_rag::records::StoreError as E;
+        let message = e.to_string();
+        match e {
+            E::NotFound { .. } => Self::new(StatusCode::NOT_FOUND, "not_found", message),
+            E::Invalid(_) => Self::invalid(message),
+            E::Backend(_) => Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "storage_unavailable",
+                message,
+            )
+            .retry_after(1),
+        }
+    }
+}
+
+impl From<keel_retrieval::RetrievalError> for ApiError {
+    fn from(e: keel_retrieval::RetrievalError) -> Self {
+        use keel_retrieval::RetrievalError as E;
+        match e {
+            E::Store(e) => e.into(),
+            E::Engine(e) => e.into(),
+            E::Invalid(m) => Self::invalid(m),
+        }
+    }
+}
+
+impl From<keel_rag::RagError> for ApiError {
+    fn from(e: keel_rag::RagError) -> Self {
+        Self::invalid(e.to_string())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

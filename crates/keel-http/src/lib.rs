@@ -56,6 +56,18 @@ pub struct AppState {
     pub limiter: Option<Arc<keel_limits::Limiter>>,
     /// Which browser origins may call the API.
     pub cors: Cors,
+    /// Files, vector stores and search; None when not served.
+    pub rag: Option<Rag>,
+}
+
+/// The RAG service as the routes reach it.
+#[derive(Clone)]
+pub struct Rag {
+    pub service: Arc<keel_retrieval::Retrieval>,
+    /// Largest file upload, in bytes.
+    pub max_file_bytes: usize,
+    /// Why the RAG routes are refused (open to the network without keys); None: served.
+    pub refused: Option<&'static str>,
 }
 
 /// Cross-origin access for browsers: off unless configured (`CORS_ALLOW_ORIGINS`).
@@ -91,7 +103,7 @@ impl Cors {
         Some(
             CorsLayer::new()
                 .allow_origin(origins)
-                .allow_methods([Method::GET, Method::POST])
+                .allow_methods([Method::GET, Method::POST, Method::DELETE])
                 .allow_headers([
                     header::AUTHORIZATION,
                     header::CONTENT_TYPE,
@@ -120,6 +132,12 @@ pub fn router(state: AppState) -> Router {
         .merge(routes::completions::routes())
         .merge(routes::models::routes())
         .merge(routes::openapi::routes())
+        .merge(match &state.rag {
+            Some(rag) => {
+                routes::files::routes(rag.max_file_bytes).merge(routes::vector_stores::routes())
+            }
+            None => Router::new(),
+        })
         .merge(if state.metrics_on_main_port {
             routes::metrics::routes()
         } else {

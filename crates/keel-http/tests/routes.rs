@@ -36,6 +36,7 @@ fn app(gateway_toml: Option<&str>) -> Router {
         api_keys: ApiKeys::new(Vec::new(), false),
         limiter: None,
         cors: Cors::Off,
+        rag: None,
     })
 }
 

@@ -629,6 +629,18 @@ impl SqliteStore {
         Ok(jobs)
     }
 
+    /// Voids every lease: for a process starting on its own data folder, whose previous run
+    /// (killed mid-file) can no longer finish what it held.
+    pub fn release_leases(&self) -> Result<(), StoreError> {
+        self.conn()
+            .execute(
+                "UPDATE store_files SET lease_owner = NULL, lease_until = NULL WHERE status = 'in_progress'",
+                [],
+            )
+            .map_err(backend)?;
+        Ok(())
+    }
+
     /// The raw bytes of a job's file.
     pub fn job_bytes(&self, job: &IngestJob) -> Result<Vec<u8>, StoreError> {
         fs::read(self.files_dir.join(&job.file_id)).map_err(backend)

@@ -86,6 +86,7 @@ async fn serve(settings: Settings, metrics: PrometheusHandle) -> anyhow::Result<
     }
 
     let limiter = limiter(&settings.rate_limits)?;
+    let rag = rag_service(&settings, &registry)?;
     let state = AppState {
         registry: registry.clone(),
         limits: Limits {
@@ -101,6 +102,7 @@ async fn serve(settings: Settings, metrics: PrometheusHandle) -> anyhow::Result<
         api_keys: settings.api_keys.clone(),
         limiter,
         cors: settings.cors.clone(),
+        rag,
         gateway: Some(Arc::new(
             keel_gateway::Gateway::new(settings.gateway.clone())
                 .map_err(|e| anyhow::anyhow!("starting the gateway: {e}"))?
@@ -162,6 +164,35 @@ async fn serve(settings: Settings, metrics: PrometheusHandle) -> anyhow::Result<
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The RAG store under PERSISTENT_STORAGE_DIR and its ingestion workers. Its routes are
+/// refused (403) when they would be open to the network without a key.
+fn rag_service(
+    settings: &Settings,
+    registry: &Arc<ModelRegistry>,
+) -> anyhow::Result<Option<keel_http::Rag>> {
+    let r = &settings.rag;
+    let store = keel_store_sqlite::SqliteStore::open(&r.storage_dir).map_err(|e| {
+        anyhow::anyhow!(
+            "opening the RAG store in {} (PERSISTENT_STORAGE_DIR): {e}",
+            r.storage_dir.display()
+        )
+    })?;
+    let service =
+        keel_retrieval::Retrieval::new(store, registry.clone(), r.embedding_model.clone());
+    service.spawn_workers(r.ingest_workers);
+    let open = settings.api_keys.is_empty() && !settings.host.is_loopback() && !r.allow_open;
+    let refused = open.then_some(
+        "the files and vector-store routes need an API key: set KEEL_API_KEYS, listen on a \
+         loopback HOST, or set KEEL_ALLOW_OPEN_RAG=true to serve them open",
+    );
+    tracing::info!(dir = %r.storage_dir.display(), open_refused = refused.is_some(), "RAG store ready");
+    Ok(Some(keel_http::Rag {
+        service,
+        max_file_bytes: r.max_file_bytes,
+        refused,
+    }))
 }
 
 /// LOG_LEVEL as the log filter, with the `ort` crate's own INFO lines (which library it

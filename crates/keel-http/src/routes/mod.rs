@@ -3,12 +3,15 @@
 pub mod chat;
 pub mod completions;
 pub mod embeddings;
+pub mod files;
 pub mod health;
 pub mod metrics;
 pub mod models;
 pub mod openapi;
 pub mod predict;
+mod rag;
 pub mod uploads;
+pub mod vector_stores;
 
 use std::time::{Duration, Instant};
 

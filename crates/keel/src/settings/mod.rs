@@ -39,6 +39,17 @@ pub enum BackendKind {
     Candle,
 }
 
+/// The RAG service's settings.
+#[derive(Debug, Clone)]
+pub struct RagSettings {
+    pub storage_dir: PathBuf,
+    pub max_file_bytes: usize,
+    pub embedding_model: Option<String>,
+    pub ingest_workers: usize,
+    /// Serve the RAG routes open to the network without keys.
+    pub allow_open: bool,
+}
+
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub gateway: keel_gateway::GatewayConfig,
@@ -55,6 +66,7 @@ pub struct Settings {
     pub max_body_bytes: usize,
     pub max_image_bytes: usize,
     pub max_image_pixels: u64,
+    pub rag: RagSettings,
     pub max_input_tokens: Option<usize>,
     pub truncate: bool,
     pub max_queue_requests: usize,
@@ -149,6 +161,13 @@ impl Settings {
             max_body_bytes: env.count(&MAX_BODY_BYTES)?,
             max_image_bytes: env.count(&MAX_IMAGE_BYTES)?,
             max_image_pixels: env.number(&MAX_IMAGE_PIXELS)?,
+            rag: RagSettings {
+                storage_dir: PathBuf::from(env.text(&PERSISTENT_STORAGE_DIR).unwrap_or("./data")),
+                max_file_bytes: env.count(&MAX_FILE_BYTES)?,
+                embedding_model: env.text(&RAG_EMBEDDING_MODEL).map(str::to_owned),
+                ingest_workers: env.count(&RAG_INGEST_WORKERS)?,
+                allow_open: env.flag(&KEEL_ALLOW_OPEN_RAG)?,
+            },
             max_input_tokens: env.optional_number(&MAX_INPUT_TOKENS)?.map(|n| n as usize),
             truncate: env.flag(&TRUNCATE)?,
             max_queue_requests: env.count(&MAX_QUEUE_REQUESTS)?,
@@ -292,6 +311,11 @@ impl Settings {
             "llm_prefix_cache": self.llm.prefix_cache,
             "max_image_bytes": self.max_image_bytes,
             "max_image_pixels": self.max_image_pixels,
+            "persistent_storage_dir": self.rag.storage_dir.display().to_string(),
+            "max_file_bytes": self.rag.max_file_bytes,
+            "rag_embedding_model": self.rag.embedding_model,
+            "rag_ingest_workers": self.rag.ingest_workers,
+            "allow_open_rag": self.rag.allow_open,
         });
         if let (Some(all), serde_json::Value::Object(more)) = (values.as_object_mut(), more) {
             all.extend(more);

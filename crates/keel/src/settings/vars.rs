@@ -437,6 +437,34 @@ declare! {
         kind: Kind::Flag { default: false },
         secret: false, show: Shown("allow_open_gateway"),
     }
+    PERSISTENT_STORAGE_DIR {
+        help: "where the RAG store keeps uploaded files, its SQLite database and indexes \
+               (a PaaS's persistent volume)",
+        kind: Kind::Text { default: Value("./data") },
+        secret: false, show: Shown("persistent_storage_dir"),
+    }
+    MAX_FILE_BYTES {
+        help: "largest file upload to /v1/files (413 file_too_large past it)",
+        kind: Kind::Number { default: Value(33_554_432), min: 1, max: 1 << 31, unit: "bytes" },
+        secret: false, show: Shown("max_file_bytes"),
+    }
+    RAG_EMBEDDING_MODEL {
+        help: "the embedding model that embeds RAG chunks and queries; unset: the first \
+               embedding model",
+        kind: Kind::Text { default: Unset },
+        secret: false, show: Shown("rag_embedding_model"),
+    }
+    RAG_INGEST_WORKERS {
+        help: "files ingested at once (extraction, chunking and embedding in the background)",
+        kind: Kind::Number { default: Value(2), min: 1, max: 64, unit: "files" },
+        secret: false, show: Shown("rag_ingest_workers"),
+    }
+    KEEL_ALLOW_OPEN_RAG {
+        help: "serve the files and vector-store routes with no API keys set on a HOST that is \
+               not loopback (anyone who reaches the port reads and writes the documents)",
+        kind: Kind::Flag { default: false },
+        secret: false, show: Shown("allow_open_rag"),
+    }
     SHUTDOWN_GRACE_MS {
         help: "after SIGTERM, keep accepting this long while /ready says draining",
         kind: Kind::Number { default: Value(1000), min: 0, max: ANY_MS, unit: "milliseconds" },

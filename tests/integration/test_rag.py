@@ -1,0 +1,298 @@
+"""Files, vector stores and hybrid search through the official OpenAI SDK, against the real
+binary, the real embedding model and the embedded store on disk."""
+
+import io
+import signal
+import sqlite3
+
+import openai
+import pytest
+import requests
+
+from conftest import wait_until
+
+ROUTING = """# Routing
+
+Flask maps URLs to view functions with the route decorator.
+
+## Variable rules
+
+Add variable sections to a URL by marking them with angle brackets, like <username>.
+A converter such as int: restricts what the section accepts.
+
+## Redirects
+
+A trailing slash on a rule makes Flask redirect requests without it.
+"""
+
+SESSIONS = """Sessions
+
+The session object stores information specific to a user from one request to the next.
+It is implemented on top of cookies and signs them cryptographically, so the user can look
+at the contents of the cookie but cannot modify it unless they know the secret key.
+"""
+
+TEMPLATES_DE = """<!doctype html><html><head><title>Vorlagen</title><style>.x{}</style></head>
+<body><h1>Vorlagen</h1><p>Flask rendert Vorlagen mit der Jinja-Engine und render_template.</p>
+<script>track()</script></body></html>"""
+
+
+def client(keel, key="unused"):
+    return openai.OpenAI(base_url=keel.url("/v1"), api_key=key, max_retries=0)
+
+
+def upload(c, name, text):
+    data = text if isinstance(text, bytes) else text.encode()
+    return c.files.create(file=(name, io.BytesIO(data)), purpose="assistants")
+
+
+@pytest.fixture(scope="module")
+def corpus(keel):
+    c = client(keel)
+    files = {
+        "routing": upload(c, "routing.md", ROUTING),
+        "sessions": upload(c, "sessions.txt", SESSIONS),
+        "templates": upload(c, "vorlagen.html", TEMPLATES_DE),
+    }
+    store = c.vector_stores.create(name="flask-notes")
+    langs = {"routing": "en", "sessions": "en", "templates": "de"}
+    years = {"routing": 2024, "sessions": 2019, "templates": 2024}
+    for key, f in files.items():
+        done = c.vector_stores.files.create_and_poll(
+            vector_store_id=store.id,
+            file_id=f.id,
+            attributes={"lang": langs[key], "year": years[key]},
+        )
+        assert done.status == "completed", done.last_error
+    return c, store, files
+
+
+def test_files_round_trip_and_list(keel):
+    c = client(keel)
+    f = upload(c, "note.txt", "hello there")
+    assert f.object == "file" and f.bytes == 11 and f.filename == "note.txt"
+    assert c.files.retrieve(f.id).id == f.id
+    assert c.files.content(f.id).content == b"hello there"
+    assert f.id in [x.id for x in c.files.list(purpose="assistants")]
+    assert c.files.delete(f.id).deleted
+    with pytest.raises(openai.NotFoundError):
+        c.files.retrieve(f.id)
+
+
+def test_search_finds_the_right_file_with_text_from_it(corpus):
+    c, store, files = corpus
+    s = c.vector_stores.retrieve(store.id)
+    assert s.file_counts.completed == 3 and s.status == "completed"
+    hits = list(c.vector_stores.search(store.id, query="how do I keep data about a user between requests?"))
+    assert hits[0].file_id == files["sessions"].id
+    assert hits[0].filename == "sessions.txt"
+    assert 0 < hits[0].score <= 1
+    assert hits[0].content[0].text in SESSIONS, "a chunk is a slice of the uploaded text"
+    # The Markdown file's chunks keep its source; the HTML file's drop scripts and styles.
+    md = list(c.vector_stores.search(store.id, query="angle brackets variable URL sections"))
+    assert md[0].file_id == files["routing"].id
+    de = list(c.vector_stores.search(store.id, query="Jinja render_template Vorlagen"))
+    assert de[0].file_id == files["templates"].id
+    assert "track()" not in de[0].content[0].text and ".x{}" not in de[0].content[0].text
+
+
+def test_both_legs_are_reported_and_weights_select_them(corpus, keel):
+    c, store, files = corpus
+    body = {"query": "signed cookies secret key", "max_num_results": 5}
+    r = requests.post(keel.url(f"/v1/vector_stores/{store.id}/search"), json=body, timeout=30)
+    top = r.json()["data"][0]
+    assert top["file_id"] == files["sessions"].id
+    assert top["ranking"]["dense_rank"] == 1 and top["ranking"]["bm25_rank"] == 1
+    bm25_only = dict(body, ranking_options={"hybrid_search": {"embedding_weight": 0, "text_weight": 1}})
+    data = requests.post(keel.url(f"/v1/vector_stores/{store.id}/search"), json=bm25_only, timeout=30).json()["data"]
+    assert data and all(d["ranking"]["dense_rank"] is None for d in data)
+
+
+@pytest.mark.parametrize(
+    "filters, expected",
+    [
+        ({"type": "eq", "key": "lang", "value": "de"}, {"templates"}),
+        ({"type": "ne", "key": "lang", "value": "de"}, {"routing", "sessions"}),
+        ({"type": "lt", "key": "year", "value": 2020}, {"sessions"}),
+        ({"type": "in", "key": "lang", "value": ["de", "fr"]}, {"templates"}),
+        (
+            {"type": "and", "filters": [{"type": "eq", "key": "lang", "value": "en"}, {"type": "gte", "key": "year", "value": 2024}]},
+            {"routing"},
+        ),
+    ],
+)
+def test_filters_apply_inside_the_search(corpus, filters, expected):
+    c, store, files = corpus
+    # The query matches the sessions file best; the filter still yields the others' chunks.
+    hits = list(c.vector_stores.search(store.id, query="user session cookies", filters=filters, max_num_results=50))
+    names = {k for k, f in files.items() if f.id in {h.file_id for h in hits}}
+    assert names == expected
+
+
+@pytest.mark.parametrize(
+    "body, field",
+    [
+        ({"query": "x", "max_num_results": 51}, "max_num_results"),
+        ({"query": "x", "max_num_results": 0}, "max_num_results"),
+        ({"query": "x", "filters": {"type": "like", "key": "a", "value": "b"}}, "filters.type"),
+        ({"query": "x", "filters": {"type": "gt", "key": "year", "value": "2020"}}, "filters.value"),
+        ({"query": ""}, "query"),
+        ({"query": 5}, "query"),
+        ({"query": "x", "ranking_options": {"score_threshold": 2}}, "ranking_options.score_threshold"),
+    ],
+)
+def test_bad_searches_are_422_naming_the_field(corpus, keel, body, field):
+    _, store, _ = corpus
+    r = requests.post(keel.url(f"/v1/vector_stores/{store.id}/search"), json=body, timeout=30)
+    assert r.status_code == 422, r.text
+    assert r.json()["error"]["message"].startswith(field), r.text
+
+
+def test_reattaching_replaces_chunks_and_detaching_removes_them(keel):
+    c = client(keel)
+    text = " ".join(f"Paragraph {i} talks about blueprints and application factories." for i in range(120))
+    f = upload(c, "long.txt", text)
+    store = c.vector_stores.create(name="reattach")
+    small = {"type": "static", "static": {"max_chunk_size_tokens": 100, "chunk_overlap_tokens": 0}}
+    done = c.vector_stores.files.create_and_poll(vector_store_id=store.id, file_id=f.id, chunking_strategy=small)
+    assert done.chunking_strategy.static.max_chunk_size_tokens == 100
+    before = list(c.vector_stores.search(store.id, query="Paragraph 7 blueprints", max_num_results=50))
+    again = c.vector_stores.files.create_and_poll(vector_store_id=store.id, file_id=f.id)
+    assert again.chunking_strategy.static.max_chunk_size_tokens == 254
+    after = list(c.vector_stores.search(store.id, query="Paragraph 7 blueprints", max_num_results=50))
+    # Fewer, longer chunks, and none of the old ones left behind.
+    assert 0 < len(after) < len(before)
+    texts = [h.content[0].text for h in after]
+    assert len(texts) == len(set(texts)), "duplicates after re-attaching"
+    assert all(len(t) > len(before[-1].content[0].text) or t == texts[-1] for t in texts)
+    c.vector_stores.files.delete(file_id=f.id, vector_store_id=store.id)
+    assert list(c.vector_stores.search(store.id, query="blueprints")) == []
+    assert c.files.retrieve(f.id).id == f.id, "detaching keeps the file"
+
+
+def test_deleting_a_file_removes_it_from_search(keel):
+    c = client(keel)
+    f = upload(c, "temp.md", "# Signals\n\nFlask signals decouple applications with blinker.")
+    store = c.vector_stores.create(name="delete", file_ids=[f.id])
+    wait_until(lambda: c.vector_stores.retrieve(store.id).file_counts.completed == 1, what="ingestion")
+    assert list(c.vector_stores.search(store.id, query="blinker signals"))
+    c.files.delete(f.id)
+    assert list(c.vector_stores.search(store.id, query="blinker signals")) == []
+    assert c.vector_stores.retrieve(store.id).file_counts.total == 0
+    assert c.vector_stores.delete(store.id).deleted
+    with pytest.raises(openai.NotFoundError):
+        c.vector_stores.retrieve(store.id)
+
+
+@pytest.mark.parametrize(
+    "name, data, code",
+    [
+        ("empty.txt", b"", "invalid_file"),
+        ("junk.txt", bytes((i * 97 + 13) % 256 | 0x80 for i in range(4096)), "unsupported_file"),
+        ("archive.txt", b"PK\x03\x04" + b"\0" * 100, "unsupported_file"),
+        ("paper.pdf", b"%PDF-1.7\n" + b"x" * 100, "unsupported_file"),
+        ("tool.exe", b"MZ hello", "unsupported_file"),
+    ],
+)
+def test_unusable_files_fail_with_a_reason_and_the_server_keeps_serving(keel, name, data, code):
+    c = client(keel)
+    f = upload(c, name, data)
+    store = c.vector_stores.create(name="bad")
+    done = c.vector_stores.files.create_and_poll(vector_store_id=store.id, file_id=f.id)
+    assert done.status == "failed"
+    assert done.last_error.code == code, done.last_error
+    assert done.last_error.message
+    assert requests.get(keel.url("/health"), timeout=5).status_code == 200
+
+
+def test_bad_attachments_are_refused(keel, corpus):
+    c, store, files = corpus
+    with pytest.raises(openai.UnprocessableEntityError, match="more than the embedding model reads"):
+        c.vector_stores.files.create(
+            vector_store_id=store.id,
+            file_id=files["routing"].id,
+            chunking_strategy={"type": "static", "static": {"max_chunk_size_tokens": 800, "chunk_overlap_tokens": 400}},
+        )
+    with pytest.raises(openai.NotFoundError):
+        c.vector_stores.files.create(vector_store_id=store.id, file_id="file-doesnotexist")
+    with pytest.raises(openai.UnprocessableEntityError, match="attributes"):
+        c.vector_stores.files.create(vector_store_id=store.id, file_id=files["routing"].id, attributes={"a": [1]})
+    with pytest.raises(openai.NotFoundError):
+        c.vector_stores.create(name="x", file_ids=["file-missing"])
+
+
+def test_uploads_past_max_file_bytes_are_413(start_keel):
+    k = start_keel({"MAX_FILE_BYTES": "1000"}).wait_ready()
+    c = client(k)
+    with pytest.raises(openai.APIStatusError) as e:
+        upload(c, "big.txt", "x" * 5000)
+    assert e.value.status_code == 413
+    assert e.value.body["code"] == "file_too_large"
+    assert upload(c, "small.txt", "x" * 900).bytes == 900
+
+
+def test_stores_are_scoped_to_the_api_key(start_keel):
+    k = start_keel({"KEEL_API_KEYS": "sk-alice,sk-bob"}).wait_ready()
+    alice, bob = client(k, "sk-alice"), client(k, "sk-bob")
+    f = upload(alice, "a.txt", "alice's private notes about deployment")
+    store = alice.vector_stores.create(name="alice", file_ids=[f.id])
+    with pytest.raises(openai.NotFoundError):
+        bob.vector_stores.retrieve(store.id)
+    with pytest.raises(openai.NotFoundError):
+        bob.files.content(f.id)
+    with pytest.raises(openai.NotFoundError):
+        bob.vector_stores.search(store.id, query="deployment")
+    assert store.id not in [s.id for s in bob.vector_stores.list()]
+    assert alice.vector_stores.retrieve(store.id).id == store.id
+
+
+def test_open_network_without_keys_is_refused(start_keel):
+    k = start_keel({"HOST": "0.0.0.0"}).wait_ready()
+    r = requests.get(k.url("/v1/vector_stores"), timeout=5)
+    assert r.status_code == 403 and r.json()["error"]["code"] == "api_key_required"
+    assert "KEEL_ALLOW_OPEN_RAG" in r.json()["error"]["message"]
+    assert requests.post(k.url("/v1/embeddings"), json={"input": "still served"}, timeout=30).status_code == 200
+
+
+def test_files_and_chunks_survive_a_restart(start_keel, tmp_path):
+    env = {"PERSISTENT_STORAGE_DIR": str(tmp_path)}
+    first = start_keel(env).wait_ready()
+    c = client(first)
+    f = upload(c, "kept.md", "# Deploying\n\nRun Flask behind gunicorn in production, never the dev server.")
+    store = c.vector_stores.create(name="kept", file_ids=[f.id])
+    wait_until(lambda: c.vector_stores.retrieve(store.id).file_counts.completed == 1, what="ingestion")
+    assert first.stop() == 0
+    second = start_keel(env).wait_ready()
+    c = client(second)
+    hits = list(c.vector_stores.search(store.id, query="gunicorn production server"))
+    assert hits and hits[0].file_id == f.id
+    assert c.files.content(f.id).content.startswith(b"# Deploying")
+
+
+def test_kill_9_during_ingestion_loses_nothing_and_duplicates_nothing(start_keel, tmp_path):
+    env = {"PERSISTENT_STORAGE_DIR": str(tmp_path), "RAG_INGEST_WORKERS": "1"}
+    first = start_keel(env).wait_ready()
+    c = client(first)
+    words = ["alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel"]
+    ids = []
+    for i in range(40):
+        marker = f"{words[i % 8]}{i}zulu"
+        body = f"File {i} mentions {marker} once.\n\n" + "Filler about Flask configuration. " * 300
+        ids.append((upload(c, f"f{i}.txt", body).id, marker))
+    store = c.vector_stores.create(name="crash", file_ids=[i for i, _ in ids])
+    wait_until(lambda: c.vector_stores.retrieve(store.id).file_counts.completed >= 1, what="some ingestion")
+    first.proc.send_signal(signal.SIGKILL)
+    first.proc.wait()
+
+    with sqlite3.connect(tmp_path / "rag.sqlite3") as db:
+        assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        pending = db.execute("SELECT count(*) FROM store_files WHERE status = 'in_progress'").fetchone()[0]
+    assert pending > 0, "the kill came after ingestion finished; nothing was tested"
+
+    second = start_keel(env).wait_ready()
+    c = client(second)
+    wait_until(lambda: c.vector_stores.retrieve(store.id).file_counts.completed == 40, timeout=120, what="recovery")
+    bm25 = {"hybrid_search": {"embedding_weight": 0, "text_weight": 1}}
+    for file_id, marker in ids:
+        hits = list(c.vector_stores.search(store.id, query=marker, max_num_results=50, ranking_options=bm25))
+        assert [h.file_id for h in hits] == [file_id], marker
