@@ -16,7 +16,7 @@ use crate::onnx_proto::{
     AttributeProto, DataType, Dim, GraphProto, ModelProto, NodeProto, OperatorSetIdProto,
     TensorProto, ValueInfoProto, IR_VERSION,
 };
-use crate::quantize::quantize_per_column;
+use crate::quantize::{quantize_per_column, weight_limit};
 use crate::weights::{Tensor, WeightFile, Weights};
 use crate::Precision;
 
@@ -307,7 +307,7 @@ impl<'a> EncoderGraph<'a> {
         let wt = w.transposed();
         let bias = self.b.f32_tensor("bias", &[outputs], &bias.data);
         if quantizable && self.precision == Precision::Int8 {
-            let q = quantize_per_column(&wt, inputs, outputs);
+            let q = quantize_per_column(&wt, inputs, outputs, weight_limit());
             let wq = self.b.fresh("weight_int8");
             self.b
                 .initializers
