@@ -11,6 +11,12 @@ use keel_rag::{extract, RagError};
 
 use crate::Retrieval;
 
+/// L2-normalised, so the store's dot product is the cosine (the engine's own normalisation).
+pub(crate) fn normalized(mut v: Vec<f32>) -> Vec<f32> {
+    keel_engine::postprocess::normalize(&mut v);
+    v
+}
+
 /// How long a claimed file stays leased to this replica before another may take it.
 const LEASE: Duration = Duration::from_secs(60);
 /// Idle workers look for work this often even when nothing wakes them (a file attached
@@ -186,12 +192,4 @@ fn is_overload(e: &keel_engine::EngineError) -> bool {
         e,
         E::QueueFull(_) | E::QueueTooSlow { .. } | E::DeadlineExceeded
     )
-}
-
-pub(crate) fn normalized(mut v: Vec<f32>) -> Vec<f32> {
-    let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
-    if norm > 0.0 {
-        v.iter_mut().for_each(|x| *x /= norm);
-    }
-    v
 }

@@ -45,7 +45,7 @@ impl Retrieval {
     ) -> Result<Vec<Hit>, RetrievalError> {
         let started = Instant::now();
         let (o, id) = (owner.to_owned(), req.store_id.clone());
-        self.with_store(move |s| s.store(&o, &id)).await?;
+        self.with_store(move |s| s.check_store(&o, &id)).await?;
 
         let dense_started = Instant::now();
         let vectors = if req.dense_weight > 0.0 {

@@ -224,8 +224,9 @@ impl SqliteStore {
             args.push(p.to_owned().into());
             where_sql.push_str(&format!(" AND purpose = ?{}", args.len()));
         }
-        self.page(
+        self.page_by(
             "SELECT id, owner, filename, bytes, purpose, created_at FROM files",
+            "id",
             where_sql,
             args,
             q,
@@ -341,9 +342,16 @@ impl SqliteStore {
             .ok_or_else(|| not_found("vector store", id))
     }
 
+    /// Whether `owner` has the store: the search path's check, without the file counts that
+    /// [`SqliteStore::store`] adds up.
+    pub fn check_store(&self, owner: &str, id: &str) -> Result<(), StoreError> {
+        owned_store(&self.conn(), owner, id)
+    }
+
     pub fn list_stores(&self, owner: &str, q: &ListQuery) -> Result<Page<StoreRecord>, StoreError> {
-        self.page(
+        self.page_by(
             Self::STORE_SELECT,
+            "s.id",
             "s.owner = ?1".into(),
             vec![owner.to_owned().into()],
             q,
@@ -883,23 +891,7 @@ impl SqliteStore {
             .remove(store_id);
     }
 
-    /// One page of `select` rows ordered by `id` (OpenAI's cursor lists).
-    fn page<T>(
-        &self,
-        select: &str,
-        where_sql: String,
-        args: Vec<SqlValue>,
-        q: &ListQuery,
-        map: fn(&Row) -> rusqlite::Result<T>,
-    ) -> Result<Page<T>, StoreError> {
-        let id_column = if select.contains(" s.id") {
-            "s.id"
-        } else {
-            "id"
-        };
-        self.page_by(select, id_column, where_sql, args, q, map)
-    }
-
+    /// One page of `select` rows ordered by `id_column` (OpenAI's cursor lists).
     fn page_by<T>(
         &self,
         select: &str,
