@@ -16,6 +16,7 @@ use keel_rag::records::FileRecord;
 use serde_json::{json, Value};
 
 use super::rag::{list_body, list_query, rag, RagCaller};
+use super::uploads::form_error;
 use crate::error::ApiError;
 use crate::AppState;
 
@@ -64,14 +65,7 @@ fn too_large(max: usize) -> ApiError {
 }
 
 fn multipart_error(e: MultipartError, max: usize) -> ApiError {
-    if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-        return too_large(max);
-    }
-    ApiError::new(
-        StatusCode::BAD_REQUEST,
-        "malformed_multipart",
-        format!("cannot read the multipart form: {}", e.body_text()),
-    )
+    form_error(e, || too_large(max))
 }
 
 async fn upload(

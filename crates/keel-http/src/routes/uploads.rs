@@ -128,12 +128,20 @@ pub async fn read_form(mut multipart: Multipart, limits: &Limits) -> Result<Form
 }
 
 fn multipart_error(e: MultipartError) -> ApiError {
-    if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-        return ApiError::new(
+    form_error(e, || {
+        ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             "image_too_large",
             "the upload is larger than MAX_IMAGE_BYTES allows",
-        );
+        )
+    })
+}
+
+/// A multipart form that could not be read: `too_large` when it passed the route's body
+/// limit, else 400 `malformed_multipart` with axum's reason.
+pub(crate) fn form_error(e: MultipartError, too_large: impl FnOnce() -> ApiError) -> ApiError {
+    if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        return too_large();
     }
     ApiError::new(
         StatusCode::BAD_REQUEST,
