@@ -49,8 +49,10 @@ def get(port, path, timeout=2.0):
 
 
 class Replica:
-    def __init__(self, keel, port, model, threads):
+    def __init__(self, keel, port, model, threads, tmp):
         self.keel, self.port, self.model, self.threads = keel, port, model, threads
+        # The embedded RAG store is one process's: each replica gets its own directory.
+        self.storage = os.path.join(tmp, f"data-{port}")
         self.proc = None
 
     def start(self):
@@ -63,6 +65,7 @@ class Replica:
             "LOG_FORMAT": "json",
             "SHUTDOWN_GRACE_MS": "1000",
             "INFERENCE_THREADS": str(self.threads),
+            "PERSISTENT_STORAGE_DIR": self.storage,
         }
         self.proc = subprocess.Popen([self.keel, "serve"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
@@ -203,8 +206,8 @@ def main():
     p.add_argument("--json", help="write the result here")
     args = p.parse_args()
 
-    replicas = [Replica(args.keel, free_port(), args.model, args.threads) for _ in range(args.replicas)]
     tmp = tempfile.mkdtemp(prefix="keel-scale-")
+    replicas = [Replica(args.keel, free_port(), args.model, args.threads, tmp) for _ in range(args.replicas)]
     nginx = None
     result = {"replicas": args.replicas, "clients": args.clients, "restarts": []}
     try:

@@ -14,8 +14,8 @@ def test_rolling_restart_behind_nginx_fails_no_request(tmp_path):
          "--replicas", "3", "--clients", "6", "--seconds", "2", "--json", str(out)],
         capture_output=True, text=True, timeout=300,
     )
-    result = json.loads(out.read_text())
     assert proc.returncode == 0, proc.stdout + proc.stderr
+    result = json.loads(out.read_text())
     assert result["failed"] == 0, result["failures"]
     assert result["ok"] > 20
     assert [r["exit_status"] for r in result["restarts"]] == [0, 0, 0]

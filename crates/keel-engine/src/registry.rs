@@ -482,6 +482,13 @@ impl ModelRegistry {
             .and_then(|s| s.spec.as_ref().map(|spec| spec.task))
     }
 
+    /// Whether any configured model (loading, ready or not) is for `task`.
+    pub fn serves_task(&self, task: Task) -> bool {
+        self.slots
+            .iter()
+            .any(|s| s.spec.as_ref().is_some_and(|spec| spec.task == task))
+    }
+
     /// The model named `name`, or the first configured model for `task`.
     pub fn get(&self, name: Option<&str>, task: Task) -> Result<Arc<LoadedModel>, EngineError> {
         let slot = match name {

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use keel_engine::registry::EngineOptions;
-use keel_engine::{BackendLoader, ModelRegistry, ReadinessStatus};
+use keel_engine::{BackendLoader, ModelRegistry, ReadinessStatus, Task};
 use keel_http::server::ServerOptions;
 use keel_http::{AppState, Limits};
 use metrics_exporter_prometheus::PrometheusHandle;
@@ -167,12 +167,18 @@ async fn serve(settings: Settings, metrics: PrometheusHandle) -> anyhow::Result<
 }
 
 /// The RAG store under PERSISTENT_STORAGE_DIR and its ingestion workers. Its routes are
-/// refused (403) when they would be open to the network without a key.
+/// refused (403) when they would be open to the network without a key. Without an embedding
+/// model there is nothing to index with, so the store is not opened at all: replicas that
+/// serve only classifiers never contend for one directory.
 fn rag_service(
     settings: &Settings,
     registry: &Arc<ModelRegistry>,
 ) -> anyhow::Result<Option<keel_http::Rag>> {
     let r = &settings.rag;
+    if r.embedding_model.is_none() && !registry.serves_task(Task::Embedding) {
+        tracing::info!("RAG off: no embedding model is configured");
+        return Ok(None);
+    }
     let store = keel_store_sqlite::SqliteStore::open(&r.storage_dir).map_err(|e| {
         anyhow::anyhow!(
             "opening the RAG store in {} (PERSISTENT_STORAGE_DIR): {e}",
