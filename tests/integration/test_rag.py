@@ -221,6 +221,68 @@ def test_bad_attachments_are_refused(keel, corpus):
         c.vector_stores.create(name="x", file_ids=["file-missing"])
 
 
+def test_a_file_batch_attaches_many_files_with_their_own_attributes(keel):
+    c = client(keel)
+    files = [upload(c, f"note-{i}.txt", f"Batch note {i}: the marker word is zq{i}x.") for i in range(200)]
+    store = c.vector_stores.create(name="batched")
+    body = {"files": [{"file_id": f.id, "attributes": {"n": i}} for i, f in enumerate(files)],
+            "attributes": {"shared": "yes"}}
+    r = requests.post(keel.url(f"/v1/vector_stores/{store.id}/file_batches"), json=body, timeout=60)
+    assert r.status_code == 200, r.text
+    assert r.json()["object"] == "vector_store.files_batch"
+    assert r.json()["file_counts"]["total"] == 200
+    batch = wait_until(lambda: (b := c.vector_stores.file_batches.retrieve(r.json()["id"], vector_store_id=store.id))
+                       .status != "in_progress" and b, timeout=120, what="the batch")
+    assert batch.status == "completed" and batch.file_counts.completed == 200, batch
+    listed = c.vector_stores.file_batches.list_files(batch.id, vector_store_id=store.id, filter="completed", limit=100)
+    assert len(listed.data) == 100 and listed.has_more
+    hits = c.vector_stores.search(store.id, query="zq123x", filters={"type": "eq", "key": "n", "value": 123})
+    assert [h.filename for h in hits.data] == ["note-123.txt"]
+    assert hits.data[0].attributes == {"n": 123}
+
+
+def test_cancelling_a_batch_leaves_no_cancelled_file_searchable(keel):
+    c = client(keel)
+    files = [upload(c, f"c-{i}.txt", f"Cancel note {i} with marker cx{i}q.") for i in range(60)]
+    store = c.vector_stores.create(name="cancelled")
+    batch = c.vector_stores.file_batches.create(vector_store_id=store.id, file_ids=[f.id for f in files])
+    cancelled = c.vector_stores.file_batches.cancel(batch.id, vector_store_id=store.id)
+    assert cancelled.status == "cancelled"
+    counts = cancelled.file_counts
+    assert counts.in_progress == 0 and counts.completed + counts.cancelled == 60 and counts.failed == 0
+    # Sixty files take the two workers far longer than the cancel takes to arrive.
+    assert counts.cancelled > 0, counts
+    gone = [f.id for f in c.vector_stores.file_batches.list_files(
+        batch.id, vector_store_id=store.id, filter="cancelled", limit=100).data]
+    assert len(gone) == counts.cancelled
+    by_id = {f.id: i for i, f in enumerate(files)}
+    for file_id in gone[:10]:
+        assert c.vector_stores.search(store.id, query=f"cx{by_id[file_id]}q").data == []
+    # Counts stay put: a worker that was busy with a cancelled file changes nothing.
+    assert c.vector_stores.file_batches.retrieve(batch.id, vector_store_id=store.id).file_counts == counts
+
+
+def test_bad_batches_are_refused_and_attach_nothing(keel, corpus):
+    c, store, files = corpus
+    before = c.vector_stores.retrieve(store.id).file_counts.total
+    url = keel.url(f"/v1/vector_stores/{store.id}/file_batches")
+    too_many = {"file_ids": [f"file-{i:032x}" for i in range(10_001)]}
+    for body, field in [
+        (too_many, "file_ids: at most 10000"),
+        ({"file_ids": [files["routing"].id], "files": []}, "file_ids, files"),
+        ({"file_ids": []}, "file_ids: at least one"),
+        ({"files": [{"file_id": files["routing"].id, "attributes": {"a": {"b": 1}}}]}, "files[0].attributes"),
+    ]:
+        r = requests.post(url, json=body, timeout=60)
+        assert r.status_code == 422, r.text
+        assert r.json()["error"]["message"].startswith(field), r.text
+    r = requests.post(url, json={"file_ids": [files["routing"].id, "file-missing"]}, timeout=30)
+    assert r.status_code == 404, r.text
+    assert c.vector_stores.retrieve(store.id).file_counts.total == before
+    with pytest.raises(openai.NotFoundError):
+        c.vector_stores.file_batches.retrieve("vsfb_missing", vector_store_id=store.id)
+
+
 def test_uploads_past_max_file_bytes_are_413(start_keel):
     k = start_keel({"MAX_FILE_BYTES": "1000"}).wait_ready()
     c = client(k)

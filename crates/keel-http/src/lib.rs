@@ -133,9 +133,9 @@ pub fn router(state: AppState) -> Router {
         .merge(routes::models::routes())
         .merge(routes::openapi::routes())
         .merge(match &state.rag {
-            Some(rag) => {
-                routes::files::routes(rag.max_file_bytes).merge(routes::vector_stores::routes())
-            }
+            Some(rag) => routes::files::routes(rag.max_file_bytes)
+                .merge(routes::vector_stores::routes())
+                .merge(routes::file_batches::routes()),
             None => Router::new(),
         })
         .merge(if state.metrics_on_main_port {

@@ -48,6 +48,33 @@ pub struct StoreRecord {
     pub usage_bytes: u64,
 }
 
+/// A file batch: the files one request attached, counted by their current status.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BatchRecord {
+    pub id: String,
+    pub store_id: String,
+    pub created_at: i64,
+    pub cancelled: bool,
+    pub file_counts: FileCounts,
+}
+
+impl BatchRecord {
+    /// OpenAI's batch status: `in_progress` while any file is, `cancelled` once cancelled,
+    /// `failed` when every file failed, `completed` otherwise.
+    pub fn status(&self) -> &'static str {
+        let c = self.file_counts;
+        if c.in_progress > 0 {
+            "in_progress"
+        } else if self.cancelled {
+            "cancelled"
+        } else if c.total() > 0 && c.failed == c.total() {
+            "failed"
+        } else {
+            "completed"
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum IngestStatus {
     InProgress,

@@ -13,6 +13,7 @@
 //!
 //! The API is synchronous; async callers run it on a blocking pool.
 
+mod batches;
 mod filter_sql;
 mod vectors;
 
@@ -35,9 +36,13 @@ use serde_json::{Map, Value};
 
 use vectors::StoreVectors;
 
-const SCHEMA_VERSION: i64 = 1;
+/// The schema, one script per version: a database at version v runs the scripts after v,
+/// each in its own transaction with the version it reaches.
+const MIGRATIONS: [&str; 2] = [include_str!("schema.sql"), include_str!("schema_v2.sql")];
 
 pub struct SqliteStore {
+    /// Held open for the store's life: its exclusive lock keeps a second process out.
+    _lock: fs::File,
     conn: Mutex<Connection>,
     files_dir: PathBuf,
     vectors: Mutex<HashMap<String, Arc<StoreVectors>>>,
@@ -78,6 +83,49 @@ fn fts_table(store_id: &str) -> Result<String, StoreError> {
     }
 }
 
+fn migrate(conn: &Connection) -> Result<(), StoreError> {
+    let version: usize = conn
+        .query_row("PRAGMA user_version", [], |r| r.get::<_, i64>(0))
+        .map_err(backend)?
+        .try_into()
+        .map_err(backend)?;
+    if version > MIGRATIONS.len() {
+        return Err(backend(format!(
+            "database schema version {version} is newer than this Keel ({})",
+            MIGRATIONS.len()
+        )));
+    }
+    for (i, script) in MIGRATIONS.iter().enumerate().skip(version) {
+        conn.execute_batch(&format!(
+            "BEGIN IMMEDIATE; {script} PRAGMA user_version = {}; COMMIT;",
+            i + 1
+        ))
+        .map_err(backend)?;
+    }
+    Ok(())
+}
+
+/// Takes `dir/lock` exclusively; the kernel drops the lock when the process ends, however
+/// it ends, so a `kill -9` never leaves the directory locked.
+fn lock_dir(dir: &Path) -> Result<fs::File, StoreError> {
+    let path = dir.join("lock");
+    let file = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| backend(format!("{}: {e}", path.display())))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(fs::TryLockError::WouldBlock) => Err(backend(format!(
+            "another process is using {}: the embedded store serves one Keel process; give \
+             each its own directory, or share PostgreSQL between replicas",
+            dir.display()
+        ))),
+        Err(fs::TryLockError::Error(e)) => Err(backend(format!("{}: {e}", path.display()))),
+    }
+}
+
 fn not_found(kind: &'static str, id: &str) -> StoreError {
     StoreError::NotFound {
         kind,
@@ -91,34 +139,23 @@ fn json_map(text: &str) -> Map<String, Value> {
 
 impl SqliteStore {
     /// Opens (or creates) the store under `dir`.
+    ///
+    /// One process at a time: the vectors are cached in memory, so a second process writing
+    /// the same database would leave this one's searches stale. Replicas share PostgreSQL.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
         let files_dir = dir.join("files");
         fs::create_dir_all(&files_dir)
             .map_err(|e| backend(format!("{}: {e}", files_dir.display())))?;
+        let lock = lock_dir(dir)?;
         let conn = Connection::open(dir.join("rag.sqlite3")).map_err(backend)?;
         conn.execute_batch(
             "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;",
         )
         .map_err(backend)?;
         conn.busy_timeout(Duration::from_secs(5)).map_err(backend)?;
-        let version: i64 = conn
-            .query_row("PRAGMA user_version", [], |r| r.get(0))
-            .map_err(backend)?;
-        match version {
-            0 => conn
-                .execute_batch(&format!(
-                    "BEGIN; {} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;",
-                    include_str!("schema.sql")
-                ))
-                .map_err(backend)?,
-            SCHEMA_VERSION => {}
-            v => {
-                return Err(backend(format!(
-                    "database schema version {v} is newer than this Keel ({SCHEMA_VERSION})"
-                )))
-            }
-        }
+        migrate(&conn)?;
         let store = Self {
+            _lock: lock,
             conn: Mutex::new(conn),
             files_dir,
             vectors: Mutex::default(),
@@ -407,6 +444,13 @@ impl SqliteStore {
                 .map_err(backend)?;
             tx.execute("DELETE FROM store_files WHERE store_id = ?1", [id])
                 .map_err(backend)?;
+            tx.execute(
+                "DELETE FROM batch_files WHERE batch_id IN (SELECT id FROM file_batches WHERE store_id = ?1)",
+                [id],
+            )
+            .map_err(backend)?;
+            tx.execute("DELETE FROM file_batches WHERE store_id = ?1", [id])
+                .map_err(backend)?;
             tx.execute("DELETE FROM stores WHERE id = ?1", [id])
                 .map_err(backend)?;
             tx.execute_batch(&format!("DROP TABLE IF EXISTS {fts}"))
@@ -427,45 +471,10 @@ impl SqliteStore {
         store_id: &str,
         files: &[Attach],
     ) -> Result<Vec<StoreFileRecord>, StoreError> {
-        let t = now();
         {
             let mut conn = self.conn();
             let tx = conn.transaction().map_err(backend)?;
-            owned_store(&tx, owner, store_id)?;
-            for a in files {
-                let known = tx
-                    .query_row(
-                        "SELECT 1 FROM files WHERE id = ?1 AND owner = ?2",
-                        params![a.file_id, owner],
-                        |_| Ok(()),
-                    )
-                    .optional()
-                    .map_err(backend)?;
-                if known.is_none() {
-                    return Err(not_found("file", &a.file_id));
-                }
-                tx.execute(
-                    "INSERT INTO store_files (store_id, file_id, status, attributes, max_tokens, overlap_tokens, generation, created_at) \
-                     VALUES (?1, ?2, 'in_progress', ?3, ?4, ?5, 1, ?6) \
-                     ON CONFLICT (store_id, file_id) DO UPDATE SET status = 'in_progress', attributes = excluded.attributes, \
-                     max_tokens = excluded.max_tokens, overlap_tokens = excluded.overlap_tokens, generation = generation + 1, \
-                     lease_owner = NULL, lease_until = NULL, error_code = NULL, error_message = NULL",
-                    params![
-                        store_id,
-                        a.file_id,
-                        Value::Object(a.attributes.clone()).to_string(),
-                        a.strategy.max_tokens,
-                        a.strategy.overlap_tokens,
-                        t
-                    ],
-                )
-                .map_err(backend)?;
-            }
-            tx.execute(
-                "UPDATE stores SET last_active_at = ?2 WHERE id = ?1",
-                params![store_id, t],
-            )
-            .map_err(backend)?;
+            attach_in(&tx, owner, store_id, files)?;
             tx.commit().map_err(backend)?;
         }
         files
@@ -934,6 +943,51 @@ impl SqliteStore {
         }
         Ok(Page { items, has_more })
     }
+}
+
+/// Attaches (or re-attaches) `files` inside `tx`: each gets a new generation and is queued.
+fn attach_in(
+    tx: &Transaction,
+    owner: &str,
+    store_id: &str,
+    files: &[Attach],
+) -> Result<(), StoreError> {
+    let t = now();
+    owned_store(tx, owner, store_id)?;
+    // Cached statements: a batch may attach thousands of files in this one transaction.
+    let mut known = tx
+        .prepare_cached("SELECT 1 FROM files WHERE id = ?1 AND owner = ?2")
+        .map_err(backend)?;
+    let mut insert = tx
+        .prepare_cached(
+            "INSERT INTO store_files (store_id, file_id, status, attributes, max_tokens, overlap_tokens, generation, created_at) \
+             VALUES (?1, ?2, 'in_progress', ?3, ?4, ?5, 1, ?6) \
+             ON CONFLICT (store_id, file_id) DO UPDATE SET status = 'in_progress', attributes = excluded.attributes, \
+             max_tokens = excluded.max_tokens, overlap_tokens = excluded.overlap_tokens, generation = generation + 1, \
+             lease_owner = NULL, lease_until = NULL, error_code = NULL, error_message = NULL",
+        )
+        .map_err(backend)?;
+    for a in files {
+        if !known.exists(params![a.file_id, owner]).map_err(backend)? {
+            return Err(not_found("file", &a.file_id));
+        }
+        insert
+            .execute(params![
+                store_id,
+                a.file_id,
+                Value::Object(a.attributes.clone()).to_string(),
+                a.strategy.max_tokens,
+                a.strategy.overlap_tokens,
+                t
+            ])
+            .map_err(backend)?;
+    }
+    tx.execute(
+        "UPDATE stores SET last_active_at = ?2 WHERE id = ?1",
+        params![store_id, t],
+    )
+    .map_err(backend)?;
+    Ok(())
 }
 
 fn owned_store(conn: &Connection, owner: &str, store_id: &str) -> Result<(), StoreError> {

@@ -313,6 +313,11 @@ fn everything_survives_reopening_and_a_dead_workers_lease_runs_out() {
     let dir = tempfile::tempdir().unwrap();
     let (vs, file) = {
         let store = SqliteStore::open(dir.path()).unwrap();
+        // A second process on the same directory would search stale vectors: refused.
+        let Err(second) = SqliteStore::open(dir.path()) else {
+            panic!("a second open of a locked store succeeded");
+        };
+        assert!(second.to_string().contains("another process"), "{second}");
         let vs = store.create_store(ME, "kept", &Map::new()).unwrap();
         let done = store.put_file(ME, "done.txt", "assistants", b"x").unwrap();
         let pending = store
@@ -381,4 +386,106 @@ fn deleting_a_store_drops_its_chunks_and_index_but_keeps_the_files() {
         .attach(ME, &vs.id, &[attach(&f.id, json!({}))])
         .is_err());
     assert!(store.claim("w", 5, LEASE).unwrap().is_empty());
+}
+
+#[test]
+fn a_batch_counts_its_files_by_status_and_cancelling_makes_late_work_a_no_op() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(dir.path()).unwrap();
+    let vs = store.create_store(ME, "batched", &Map::new()).unwrap();
+    let ids: Vec<String> = (0..4)
+        .map(|i| {
+            store
+                .put_file(ME, &format!("{i}.txt"), "assistants", b"words")
+                .unwrap()
+                .id
+        })
+        .collect();
+    // An unknown file undoes the whole batch: nothing is attached.
+    let mut with_unknown: Vec<Attach> = ids.iter().map(|id| attach(id, json!({}))).collect();
+    with_unknown.push(attach("file-missing", json!({})));
+    assert!(matches!(
+        store.create_batch(ME, &vs.id, &with_unknown),
+        Err(StoreError::NotFound { .. })
+    ));
+    assert_eq!(store.store(ME, &vs.id).unwrap().file_counts.total(), 0);
+
+    // The same file twice is one member.
+    let mut files: Vec<Attach> = ids[..3].iter().map(|id| attach(id, json!({}))).collect();
+    files.push(attach(&ids[0], json!({})));
+    let batch = store.create_batch(ME, &vs.id, &files).unwrap();
+    assert_eq!(batch.file_counts.in_progress, 3);
+    assert_eq!(batch.file_counts.total(), 3);
+    assert_eq!(batch.status(), "in_progress");
+    assert!(matches!(
+        store.batch(OTHER, &vs.id, &batch.id),
+        Err(StoreError::NotFound { .. })
+    ));
+
+    let jobs = store.claim("w", 3, LEASE).unwrap();
+    assert_eq!(jobs.len(), 3);
+    let job = |id: &str| jobs.iter().find(|j| j.file_id == id).unwrap();
+    assert!(store
+        .complete(job(&ids[0]), &[chunk("done words", unit(0, 0.0))])
+        .unwrap());
+    let error = LastError {
+        code: "invalid_file".into(),
+        message: "bad".into(),
+    };
+    assert!(store.fail(job(&ids[1]), &error).unwrap());
+    let cancelled = store.cancel_batch(ME, &vs.id, &batch.id).unwrap();
+    assert_eq!(
+        (
+            cancelled.file_counts.completed,
+            cancelled.file_counts.failed,
+            cancelled.file_counts.cancelled,
+            cancelled.file_counts.in_progress
+        ),
+        (1, 1, 1, 0)
+    );
+    assert_eq!(cancelled.status(), "cancelled");
+    // The worker still holding the cancelled file finishes late: nothing changes.
+    assert!(!store
+        .complete(job(&ids[2]), &[chunk("late words", unit(1, 0.0))])
+        .unwrap());
+    assert!(store
+        .bm25(&vs.id, &analyze_query("late"), 10, None)
+        .unwrap()
+        .is_empty());
+
+    let failed = store
+        .list_batch_files(
+            ME,
+            &vs.id,
+            &batch.id,
+            Some(IngestStatus::Failed),
+            &ListQuery::default(),
+        )
+        .unwrap();
+    assert_eq!(failed.items.len(), 1);
+    assert_eq!(failed.items[0].file_id, ids[1]);
+    // A file outside the batch is not listed under it.
+    store
+        .attach(ME, &vs.id, &[attach(&ids[3], json!({}))])
+        .unwrap();
+    let all = store
+        .list_batch_files(ME, &vs.id, &batch.id, None, &ListQuery::default())
+        .unwrap();
+    assert_eq!(all.items.len(), 3);
+
+    // Ten thousand files attach in one transaction and are all queued.
+    let many: Vec<String> = (0..10_000)
+        .map(|i| {
+            store
+                .put_file(ME, &format!("tiny-{i}.txt"), "assistants", b"t")
+                .unwrap()
+                .id
+        })
+        .collect();
+    let files: Vec<Attach> = many.iter().map(|id| attach(id, json!({}))).collect();
+    let big = store.create_batch(ME, &vs.id, &files).unwrap();
+    assert_eq!(big.file_counts.in_progress, 10_000);
+    // Deleting the store drops its batches with it.
+    store.delete_store(ME, &vs.id).unwrap();
+    assert!(store.batch(ME, &vs.id, &big.id).is_err());
 }

@@ -3,6 +3,7 @@
 pub mod chat;
 pub mod completions;
 pub mod embeddings;
+pub mod file_batches;
 pub mod files;
 pub mod health;
 pub mod metrics;

@@ -68,7 +68,7 @@ fn store_object(s: &StoreRecord) -> Value {
     })
 }
 
-fn file_object(f: &StoreFileRecord) -> Value {
+pub(super) fn file_object(f: &StoreFileRecord) -> Value {
     json!({
         "id": f.file_id,
         "object": "vector_store.file",
@@ -88,8 +88,24 @@ fn file_object(f: &StoreFileRecord) -> Value {
     })
 }
 
+/// A file list's `filter` parameter: one ingestion status.
+pub(super) fn status_filter(
+    params: &HashMap<String, String>,
+) -> Result<Option<IngestStatus>, ApiError> {
+    params
+        .get("filter")
+        .map(|f| {
+            IngestStatus::parse(f).ok_or_else(|| {
+                ApiError::invalid(format!(
+                    "filter: '{f}' is not in_progress, completed, failed or cancelled"
+                ))
+            })
+        })
+        .transpose()
+}
+
 /// The poll hint while the object is still being worked on.
-fn poll_headers(in_progress: bool) -> HeaderMap {
+pub(super) fn poll_headers(in_progress: bool) -> HeaderMap {
     let mut headers = HeaderMap::new();
     if in_progress {
         headers.insert(
@@ -124,12 +140,16 @@ fn metadata(value: Option<Value>) -> Result<Option<Map<String, Value>>, ApiError
     Ok(Some(map))
 }
 
-fn strategy(rag: &RagCaller, param: Option<&Value>, path: &str) -> Result<ChunkStrategy, ApiError> {
+pub(super) fn strategy(
+    rag: &RagCaller,
+    param: Option<&Value>,
+    path: &str,
+) -> Result<ChunkStrategy, ApiError> {
     let limit = rag.rag.content_limit()?;
     Ok(ChunkStrategy::resolve(param, limit, path)?)
 }
 
-fn attributes(value: Option<&Value>, path: &str) -> Result<Attributes, ApiError> {
+pub(super) fn attributes(value: Option<&Value>, path: &str) -> Result<Attributes, ApiError> {
     match value.filter(|v| !v.is_null()) {
         None => Ok(Attributes::new()),
         Some(v) => Ok(parse_attributes(v, path)?),
@@ -299,14 +319,7 @@ async fn list_files(
 ) -> Result<impl IntoResponse, ApiError> {
     let RagCaller { rag, owner, .. } = rag(&state, caller)?;
     let q = list_query(&params, 20, 100)?;
-    let status = match params.get("filter") {
-        None => None,
-        Some(f) => Some(IngestStatus::parse(f).ok_or_else(|| {
-            ApiError::invalid(format!(
-                "filter: '{f}' is not in_progress, completed, failed or cancelled"
-            ))
-        })?),
-    };
+    let status = status_filter(&params)?;
     let page = rag
         .with_store(move |s| s.list_store_files(&owner, &id, status, &q))
         .await?;
@@ -423,6 +436,90 @@ fn number(
     }
 }
 
+/// The search options that `/search` and the `file_search` tool share, checked; `prefix`
+/// names where they sit in the body (`tools[0].` for a tool).
+pub(super) struct SearchOptions {
+    pub max_results: usize,
+    pub filter: Option<Filter>,
+    pub threshold: f32,
+    pub dense_weight: f32,
+    pub bm25_weight: f32,
+}
+
+impl SearchOptions {
+    pub fn request(&self, store_id: String, queries: Vec<String>) -> SearchRequest {
+        SearchRequest {
+            store_id,
+            queries,
+            max_results: self.max_results,
+            filter: self.filter.clone(),
+            score_threshold: self.threshold,
+            dense_weight: self.dense_weight,
+            bm25_weight: self.bm25_weight,
+        }
+    }
+}
+
+pub(super) fn search_options(
+    max_num_results: Option<&Value>,
+    filters: Option<&Value>,
+    ranking: Option<&Value>,
+    prefix: &str,
+) -> Result<SearchOptions, ApiError> {
+    let max_results = match max_num_results.filter(|v| !v.is_null()) {
+        None => 10,
+        Some(v) => v.as_u64().filter(|n| (1..=50).contains(n)).ok_or_else(|| {
+            ApiError::invalid(format!(
+                "{prefix}max_num_results: must be a whole number from 1 to 50"
+            ))
+        })? as usize,
+    };
+    let filter = match filters.filter(|v| !v.is_null()) {
+        None => None,
+        Some(f) => Some(Filter::parse(f, &format!("{prefix}filters"))?),
+    };
+    let ranking = ranking.cloned().unwrap_or(Value::Null);
+    if !ranking.is_null() && !ranking.is_object() {
+        return Err(ApiError::invalid(format!(
+            "{prefix}ranking_options: must be an object"
+        )));
+    }
+    let threshold = number(
+        ranking.get("score_threshold"),
+        &format!("{prefix}ranking_options.score_threshold"),
+        0.0,
+        1.0,
+        0.0,
+    )?;
+    let hybrid = ranking.get("hybrid_search");
+    let dense_weight = number(
+        hybrid.and_then(|h| h.get("embedding_weight")),
+        &format!("{prefix}ranking_options.hybrid_search.embedding_weight"),
+        0.0,
+        1e6,
+        1.0,
+    )?;
+    let bm25_weight = number(
+        hybrid.and_then(|h| h.get("text_weight")),
+        &format!("{prefix}ranking_options.hybrid_search.text_weight"),
+        0.0,
+        1e6,
+        1.0,
+    )?;
+    if dense_weight == 0.0 && bm25_weight == 0.0 {
+        return Err(ApiError::invalid(format!(
+            "{prefix}ranking_options.hybrid_search: at least one weight must be above 0"
+        )));
+    }
+    Ok(SearchOptions {
+        max_results,
+        filter,
+        threshold: threshold as f32,
+        dense_weight: dense_weight as f32,
+        bm25_weight: bm25_weight as f32,
+    })
+}
+
 async fn search(
     State(state): State<AppState>,
     caller: Option<Extension<Caller>>,
@@ -432,56 +529,13 @@ async fn search(
     let RagCaller { rag, owner, .. } = rag(&state, caller)?;
     let _ = req.rewrite_query;
     let queries = queries(req.query)?;
-    let max_results = match req.max_num_results.as_ref().filter(|v| !v.is_null()) {
-        None => 10,
-        Some(v) => v.as_u64().filter(|n| (1..=50).contains(n)).ok_or_else(|| {
-            ApiError::invalid("max_num_results: must be a whole number from 1 to 50")
-        })? as usize,
-    };
-    let filter = match req.filters.as_ref().filter(|v| !v.is_null()) {
-        None => None,
-        Some(f) => Some(Filter::parse(f, "filters")?),
-    };
-    let ranking = req.ranking_options.unwrap_or(Value::Null);
-    if !ranking.is_null() && !ranking.is_object() {
-        return Err(ApiError::invalid("ranking_options: must be an object"));
-    }
-    let threshold = number(
-        ranking.get("score_threshold"),
-        "ranking_options.score_threshold",
-        0.0,
-        1.0,
-        0.0,
+    let o = search_options(
+        req.max_num_results.as_ref(),
+        req.filters.as_ref(),
+        req.ranking_options.as_ref(),
+        "",
     )?;
-    let hybrid = ranking.get("hybrid_search");
-    let dense_weight = number(
-        hybrid.and_then(|h| h.get("embedding_weight")),
-        "ranking_options.hybrid_search.embedding_weight",
-        0.0,
-        1e6,
-        1.0,
-    )?;
-    let bm25_weight = number(
-        hybrid.and_then(|h| h.get("text_weight")),
-        "ranking_options.hybrid_search.text_weight",
-        0.0,
-        1e6,
-        1.0,
-    )?;
-    if dense_weight == 0.0 && bm25_weight == 0.0 {
-        return Err(ApiError::invalid(
-            "ranking_options.hybrid_search: at least one weight must be above 0",
-        ));
-    }
-    let request = SearchRequest {
-        store_id: id,
-        queries: queries.clone(),
-        max_results,
-        filter,
-        score_threshold: threshold as f32,
-        dense_weight: dense_weight as f32,
-        bm25_weight: bm25_weight as f32,
-    };
+    let request = o.request(id, queries.clone());
     let hits = rag.search(&owner, request).await?;
     let data: Vec<Value> = hits
         .iter()
