@@ -132,6 +132,7 @@ pub fn router(state: AppState) -> Router {
         .merge(routes::completions::routes())
         .merge(routes::models::routes())
         .merge(routes::openapi::routes())
+        .merge(routes::responses::routes())
         .merge(match &state.rag {
             Some(rag) => routes::files::routes(rag.max_file_bytes)
                 .merge(routes::vector_stores::routes())

@@ -11,8 +11,11 @@
 //!   or compiled to SQL by a store.
 //! - [`fuse`]: weighted reciprocal rank fusion of the dense and lexical legs.
 //! - [`records`]: what a store keeps (files, vector stores, attachments, chunks), as plain data.
+//! - [`answer`]: the prompt over numbered passages, `[n]` markers into citations, and the
+//!   degraded answer made of the passages themselves.
 
 pub mod analyze;
+pub mod answer;
 pub mod chunk;
 mod error;
 pub mod extract;

@@ -73,7 +73,7 @@ async fn chat_completions(
     }
 }
 
-fn served_headers(response: &mut Response, served: &Served) {
+pub(crate) fn served_headers(response: &mut Response, served: &Served) {
     let h = response.headers_mut();
     if let Ok(v) = HeaderValue::from_str(&served.provider) {
         h.insert(PROVIDER, v);

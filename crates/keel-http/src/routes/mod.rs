@@ -11,6 +11,8 @@ pub mod models;
 pub mod openapi;
 pub mod predict;
 mod rag;
+pub mod responses;
+mod responses_stream;
 pub mod uploads;
 pub mod vector_stores;
 
