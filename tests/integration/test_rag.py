@@ -9,7 +9,7 @@ import openai
 import pytest
 import requests
 
-from conftest import wait_until
+from conftest import metric_value, wait_until
 
 ROUTING = """# Routing
 
@@ -358,3 +358,32 @@ def test_kill_9_during_ingestion_loses_nothing_and_duplicates_nothing(start_keel
     for file_id, marker in ids:
         hits = list(c.vector_stores.search(store.id, query=marker, max_num_results=50, ranking_options=bm25))
         assert [h.file_id for h in hits] == [file_id], marker
+
+
+def test_metrics_show_files_by_status_chunks_and_the_queue(start_keel):
+    k = start_keel().wait_ready()
+    c = client(k)
+    good = [upload(c, f"m-{i}.md", f"# Metric note {i}\n\nIngested text number {i}.") for i in range(3)]
+    bad = upload(c, "m-bad.txt", b"")
+    store = c.vector_stores.create(name="metrics")
+    c.vector_stores.file_batches.create_and_poll(vector_store_id=store.id, file_ids=[f.id for f in good + [bad]])
+    c.vector_stores.search(store.id, query="metric note")
+
+    def scraped():
+        text = requests.get(k.url("/metrics"), timeout=5).text
+        values = {
+            "completed": metric_value(text, "keel_rag_files", status="completed"),
+            "failed": metric_value(text, "keel_rag_files", status="failed"),
+            "queue": metric_value(text, "keel_rag_ingest_queue_depth"),
+            "chunks": metric_value(text, "keel_rag_chunks"),
+        }
+        return values if values["completed"] == 3 else None
+
+    values = wait_until(scraped, timeout=15, what="the RAG gauges")
+    assert values == {"completed": 3, "failed": 1, "queue": 0, "chunks": 3}
+    text = requests.get(k.url("/metrics"), timeout=5).text
+    assert metric_value(text, "keel_rag_ingest_files_total", status="failed") == 1
+    assert metric_value(text, "keel_rag_ingest_chunks_total") == 3
+    assert 'keel_rag_search_seconds_count{leg="dense"} 1' in text
+    # No store, file or key id is ever a label.
+    assert store.id not in text and good[0].id not in text

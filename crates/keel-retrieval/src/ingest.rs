@@ -22,6 +22,8 @@ const LEASE: Duration = Duration::from_secs(60);
 /// Idle workers look for work this often even when nothing wakes them (a file attached
 /// through another replica, a lease run out).
 const POLL: Duration = Duration::from_millis(500);
+/// How often the store's gauges are refreshed.
+const GAUGES_EVERY: Duration = Duration::from_secs(2);
 /// Chunks embedded per engine request: one dynamic batch's worth.
 const EMBED_BATCH: usize = 32;
 /// An embedding request refused for load (queue full) is retried this many times.
@@ -48,6 +50,35 @@ impl Retrieval {
         for n in 0..workers {
             let this = self.clone();
             tokio::spawn(async move { this.work(format!("worker-{n}")).await });
+        }
+        let this = self.clone();
+        tokio::spawn(async move {
+            loop {
+                this.record_gauges().await;
+                tokio::time::sleep(GAUGES_EVERY).await;
+            }
+        });
+    }
+
+    /// Files by status, the ingestion queue's depth and chunks stored, read from the store
+    /// (so they are right after a restart, and count work queued through any route).
+    async fn record_gauges(&self) {
+        match self.with_store(|s| s.stats()).await {
+            Ok((files, chunks)) => {
+                for (status, n) in [
+                    ("in_progress", files.in_progress),
+                    ("completed", files.completed),
+                    ("failed", files.failed),
+                    ("cancelled", files.cancelled),
+                ] {
+                    metrics::gauge!("keel_rag_files", "status" => status).set(n as f64);
+                }
+                metrics::gauge!("keel_rag_ingest_queue_depth").set(files.in_progress as f64);
+                metrics::gauge!("keel_rag_chunks").set(chunks as f64);
+            }
+            Err(e) => {
+                tracing::warn!(target: "keel::rag", error = %e, "reading store statistics failed")
+            }
         }
     }
 
@@ -87,6 +118,11 @@ impl Retrieval {
             ),
             Err(_) => (0, 0, 0),
         };
+        let outcome = if result.is_ok() {
+            "completed"
+        } else {
+            "failed"
+        };
         let stored = match result {
             Ok((new_chunks, _)) => {
                 let j = job.clone();
@@ -100,8 +136,9 @@ impl Retrieval {
                 outcome
             }
         };
+        // Superseded: the file was re-attached, detached or cancelled while it ran.
         let status = match stored {
-            Ok(true) => "completed",
+            Ok(true) => outcome,
             Ok(false) => "superseded",
             Err(e) => {
                 tracing::error!(target: "keel::rag", file = %job.file_id, error = %e, "storing chunks failed");

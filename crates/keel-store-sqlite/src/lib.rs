@@ -461,6 +461,34 @@ impl SqliteStore {
         Ok(())
     }
 
+    /// Attachments by status across every store, and chunks stored: what the gauges show.
+    pub fn stats(&self) -> Result<(FileCounts, u64), StoreError> {
+        let conn = self.conn();
+        let mut counts = FileCounts::default();
+        let mut stmt = conn
+            .prepare_cached("SELECT status, count(*) FROM store_files GROUP BY status")
+            .map_err(backend)?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64))
+            })
+            .map_err(backend)?;
+        for row in rows {
+            let (status, n) = row.map_err(backend)?;
+            match IngestStatus::parse(&status) {
+                Some(IngestStatus::InProgress) => counts.in_progress = n,
+                Some(IngestStatus::Completed) => counts.completed = n,
+                Some(IngestStatus::Failed) => counts.failed = n,
+                Some(IngestStatus::Cancelled) => counts.cancelled = n,
+                None => {}
+            }
+        }
+        let chunks: i64 = conn
+            .query_row("SELECT count(*) FROM chunks", [], |r| r.get(0))
+            .map_err(backend)?;
+        Ok((counts, chunks as u64))
+    }
+
     // ---- files in stores ----
 
     /// Attaches files (or re-attaches them: a new generation, status `in_progress`; the old
