@@ -387,3 +387,13 @@ def test_metrics_show_files_by_status_chunks_and_the_queue(start_keel):
     assert 'keel_rag_search_seconds_count{leg="dense"} 1' in text
     # No store, file or key id is ever a label.
     assert store.id not in text and good[0].id not in text
+
+
+def test_an_upload_that_is_not_a_form_gets_a_json_error(keel):
+    r = requests.post(keel.url("/v1/files"), data=b"just bytes", timeout=10)
+    assert r.status_code == 415, r.text
+    assert r.json()["error"]["code"] == "unsupported_media_type"
+    r = requests.post(keel.url("/v1/files"), data=b"--x--", timeout=10,
+                      headers={"content-type": "multipart/form-data"})
+    assert r.status_code == 400, r.text
+    assert r.json()["error"]["code"] == "malformed_multipart"

@@ -13,10 +13,10 @@ import requests
 SCHEMATHESIS = pathlib.Path(sys.executable).parent / "schemathesis"
 
 
-def run_schemathesis(keel, tmp_path, *extra, examples=150):
+def run_schemathesis(keel, tmp_path, *extra, examples=150, checks="all"):
     report = tmp_path / "report.xml"
     result = subprocess.run(
-        [str(SCHEMATHESIS), "run", keel.url("/openapi.json"), "--checks", "all",
+        [str(SCHEMATHESIS), "run", keel.url("/openapi.json"), "--checks", checks,
          "--max-examples", str(examples), "--seed", "20261126", "--workers", "1",
          "--no-color", "--report", "junit", "--report-dir", str(tmp_path),
          "--report-junit-path", str(report), *extra],
@@ -36,8 +36,25 @@ def server_errors(keel):
             and 'status="503"' not in line]
 
 
+# The RAG routes' bodies carry rules OpenAPI 3.0 cannot state (an overlap at most half the
+# chunk size, at least one search weight above 0), so exact acceptance is checked on the
+# other routes, and the RAG routes are held to everything else.
+RAG_PATHS = "^/v1/(files|vector_stores|responses)"
+RAG_CHECKS = "not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance"
+
+
 def test_default_server_conforms_to_its_document(keel, tmp_path):
-    output = run_schemathesis(keel, tmp_path)
+    output = run_schemathesis(keel, tmp_path, "--exclude-path-regex", RAG_PATHS)
+    assert " passed" in output
+    assert server_errors(keel) == []
+
+
+def test_rag_routes_never_fail_and_answer_as_documented(keel, tmp_path):
+    doc = requests.get(keel.url("/openapi.json"), timeout=5).json()
+    assert "/v1/vector_stores/{vector_store_id}/file_batches/{batch_id}/cancel" in doc["paths"]
+    # Warnings off: most generated ids name nothing (404), which is what they should do.
+    output = run_schemathesis(keel, tmp_path, "--include-path-regex", RAG_PATHS,
+                              "--warnings", "off", checks=RAG_CHECKS, examples=40)
     assert " passed" in output
     assert server_errors(keel) == []
 
@@ -49,5 +66,6 @@ def test_keyed_and_rate_limited_server_conforms_to_its_document(start_keel, tmp_
     assert doc["components"]["securitySchemes"]["bearer"]["scheme"] == "bearer"
     assert doc["paths"]["/health"]["get"]["security"] == []
     # schemathesis loads the document itself, so it must present the key for it too.
-    run_schemathesis(keel, tmp_path, "--header", "Authorization: Bearer sk-schema", examples=60)
+    run_schemathesis(keel, tmp_path, "--header", "Authorization: Bearer sk-schema",
+                     "--exclude-path-regex", RAG_PATHS, examples=60)
     assert server_errors(keel) == []

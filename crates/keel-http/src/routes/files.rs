@@ -5,9 +5,9 @@
 use std::collections::HashMap;
 
 use axum::body::Bytes;
-use axum::extract::multipart::{Multipart, MultipartError};
+use axum::extract::multipart::{Multipart, MultipartError, MultipartRejection};
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
-use axum::http::{header, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::{Extension, Json, Router};
@@ -71,8 +71,32 @@ fn multipart_error(e: MultipartError, max: usize) -> ApiError {
 async fn upload(
     State(state): State<AppState>,
     caller: Option<Extension<Caller>>,
-    mut form: Multipart,
+    headers: HeaderMap,
+    form: Result<Multipart, MultipartRejection>,
 ) -> Result<impl IntoResponse, ApiError> {
+    let is_form = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.trim_start()
+                .to_ascii_lowercase()
+                .starts_with("multipart/form-data")
+        });
+    if !is_form {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "upload files as multipart/form-data with a file part and a purpose part",
+        ));
+    }
+    // axum's own rejection is plain text: Keel answers in its JSON shape.
+    let mut form = form.map_err(|r| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "malformed_multipart",
+            r.body_text(),
+        )
+    })?;
     let RagCaller {
         rag,
         owner,

@@ -9,6 +9,7 @@ pub mod health;
 pub mod metrics;
 pub mod models;
 pub mod openapi;
+mod openapi_rag;
 pub mod predict;
 mod rag;
 pub mod responses;

@@ -72,7 +72,7 @@ fn error_responses(codes: &[&str]) -> Value {
     Value::Object(map)
 }
 
-fn responses(ok: Value, errors: &[&str]) -> Value {
+pub(super) fn responses(ok: Value, errors: &[&str]) -> Value {
     let mut all = error_responses(errors);
     all["200"] = json!({"description": "success", "content": {"application/json": {"schema": ok}}});
     all
@@ -107,6 +107,7 @@ pub fn document(state: &AppState) -> Value {
             add_chat(&mut doc, gateway, &body_errors);
         }
     }
+    super::openapi_rag::add(&mut doc, state.rag.is_some(), &body_errors, &get_errors);
     if served.keys {
         // Every path but the probes needs a key, as a bearer token or in x-api-key.
         doc["components"]["securitySchemes"] = json!({
