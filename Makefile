@@ -4,7 +4,7 @@ CARGO ?= cargo
 TEST_VENV := .cache/test-venv
 PORT ?= 8080
 
-.PHONY: run test test-deps build-deps bench bench-llm bench-images models build release test-rust test-integration test-images fmt lint clean-models fuzz
+.PHONY: run test test-deps build-deps bench bench-llm bench-images bench-rag models build release test-rust test-integration test-images fmt lint clean-models fuzz
 
 ## Fetch the default models once, build in release mode, serve on $(PORT).
 run: models release
@@ -22,6 +22,7 @@ bench: models release
 	python3 bench/run.py --variant keel-ort-fp32: --variant keel-ort-int8:ORT_PRECISION=int8 --variant keel-candle:BACKEND=candle $(BENCH_ARGS)
 	$(MAKE) bench-llm
 	$(MAKE) bench-images
+	$(MAKE) bench-rag
 
 LLM_BENCH_VENV := .cache/bench-llm-venv
 KEEL_LLM_CMD := PORT={port} HOST=127.0.0.1 LOG_LEVEL=warn MODELS=smollm2-135m-instruct={model} LLM_SLOTS=8 LLM_THREADS={threads} target/release/keel serve
@@ -39,6 +40,12 @@ $(LLM_BENCH_VENV)/.installed: bench/llm-requirements.txt
 	CMAKE_ARGS="-DGGML_NATIVE=ON -DLLAMA_CURL=OFF" CMAKE_BUILD_PARALLEL_LEVEL=2 \
 		$(LLM_BENCH_VENV)/bin/pip install -q -r bench/llm-requirements.txt
 	touch $@
+
+## RAG: ingestion against raw embedding throughput, search p50/p99 at 10k and 100k chunks
+## (bench/rag-results.json), and retrieval quality on the judged set (bench/rag-judged.json).
+bench-rag: models release $(TEST_VENV)/.installed
+	$(TEST_VENV)/bin/python bench/rag.py --keel target/release/keel
+	$(TEST_VENV)/bin/python bench/rag_judged.py --keel target/release/keel
 
 IMAGES_BENCH_VENV := .cache/bench-images-venv
 
