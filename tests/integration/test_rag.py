@@ -9,6 +9,7 @@ import openai
 import pytest
 import requests
 
+import pdfs
 from conftest import metric_value, wait_until
 
 ROUTING = """# Routing
@@ -190,7 +191,7 @@ def test_deleting_a_file_removes_it_from_search(keel):
         ("empty.txt", b"", "invalid_file"),
         ("junk.txt", bytes((i * 97 + 13) % 256 | 0x80 for i in range(4096)), "unsupported_file"),
         ("archive.txt", b"PK\x03\x04" + b"\0" * 100, "unsupported_file"),
-        ("paper.pdf", b"%PDF-1.7\n" + b"x" * 100, "unsupported_file"),
+        ("paper.pdf", b"%PDF-1.7\n" + b"x" * 100, "invalid_file"),
         ("tool.exe", b"MZ hello", "unsupported_file"),
     ],
 )
@@ -397,3 +398,40 @@ def test_an_upload_that_is_not_a_form_gets_a_json_error(keel):
                       headers={"content-type": "multipart/form-data"})
     assert r.status_code == 400, r.text
     assert r.json()["error"]["code"] == "malformed_multipart"
+
+
+def rss_kib(pid):
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+def test_pdfs_are_read_in_a_separate_process_and_bad_ones_fail_with_a_reason(keel):
+    c = client(keel)
+    lines = ["Blueprints register view functions on an application later.",
+             "The zebrafish marker sentence lives on this page."]
+    store = c.vector_stores.create(name="pdfs")
+    good = c.vector_stores.files.create_and_poll(
+        vector_store_id=store.id, file_id=upload(c, "guide.pdf", pdfs.text_pdf(lines)).id)
+    assert good.status == "completed", good.last_error
+    hits = c.vector_stores.search(store.id, query="zebrafish marker").data
+    assert hits and hits[0].filename == "guide.pdf"
+    assert "The zebrafish marker sentence lives on this page." in hits[0].content[0].text
+
+    scanned = c.vector_stores.files.create_and_poll(
+        vector_store_id=store.id, file_id=upload(c, "scan.pdf", pdfs.scanned_pdf()).id)
+    assert scanned.status == "failed"
+    assert scanned.last_error.code == "unsupported_file" and "no text layer" in scanned.last_error.message
+
+    # 1.5 MB that inflates to 1.5 GiB: the extractor hits its own memory cap, the server
+    # does not grow, and the file fails with the reason.
+    before = rss_kib(keel.proc.pid)
+    bomb = c.vector_stores.files.create_and_poll(
+        vector_store_id=store.id, file_id=upload(c, "bomb.pdf", pdfs.bomb_pdf()).id)
+    assert bomb.status == "failed"
+    assert bomb.last_error.code == "invalid_file", bomb.last_error
+    assert "limits" in bomb.last_error.message, bomb.last_error
+    assert rss_kib(keel.proc.pid) - before < 100 * 1024
+    assert requests.get(keel.url("/health"), timeout=5).status_code == 200
+    assert c.vector_stores.search(store.id, query="zebrafish").data

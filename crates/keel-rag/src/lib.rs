@@ -25,6 +25,6 @@ pub mod records;
 
 pub use chunk::{chunk, Chunk, ChunkStrategy, TokenSpans};
 pub use error::{ExtractError, RagError};
-pub use extract::{extract, Block, Document, Format};
+pub use extract::{extract, from_pdf_text, is_pdf, Block, Document, Format};
 pub use filter::{Attributes, Filter};
 pub use records::StoreError;

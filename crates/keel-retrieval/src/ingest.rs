@@ -7,7 +7,7 @@ use keel_engine::tokenize::TextTokenizer;
 use keel_engine::LoadedModel;
 use keel_rag::chunk::{chunk, TokenSpans};
 use keel_rag::records::{IngestJob, LastError, NewChunk};
-use keel_rag::{extract, RagError};
+use keel_rag::{extract, from_pdf_text, is_pdf, RagError};
 
 use crate::Retrieval;
 
@@ -167,9 +167,18 @@ impl Retrieval {
             .await
             .map_err(|e| failed("server_error", e.to_string()))?;
         let size = bytes.len();
+        // A PDF's text comes from a separate process; everything else is read here.
+        let (bytes, pdf_text) = match (is_pdf(&bytes), &self.pdf) {
+            (true, Some(reader)) => (Vec::new(), Some(reader.extract(bytes).await?)),
+            _ => (bytes, None),
+        };
         let (m, j) = (model.clone(), job.clone());
         let pieces = tokio::task::spawn_blocking(move || {
-            let doc = extract(&bytes, &j.filename).map_err(|e| failed(e.code(), e.to_string()))?;
+            let doc = match pdf_text {
+                Some(text) => from_pdf_text(&text),
+                None => extract(&bytes, &j.filename),
+            }
+            .map_err(|e| failed(e.code(), e.to_string()))?;
             let tokenizer = m.text_tokenizer().ok_or_else(|| {
                 failed(
                     "server_error",

@@ -9,6 +9,7 @@
 //! the result to the store, which swaps the file's chunks in one transaction.
 
 mod ingest;
+pub mod pdf;
 mod search;
 
 use std::sync::Arc;
@@ -39,6 +40,8 @@ pub struct Retrieval {
     model: Option<String>,
     /// Wakes idle workers when a file is attached on this replica.
     wake: Notify,
+    /// Reads PDFs in a separate process; None: PDFs fail as unsupported.
+    pdf: Option<pdf::PdfExtractor>,
 }
 
 impl Retrieval {
@@ -46,12 +49,14 @@ impl Retrieval {
         store: SqliteStore,
         registry: Arc<ModelRegistry>,
         model: Option<String>,
+        pdf: Option<pdf::PdfExtractor>,
     ) -> Arc<Self> {
         Arc::new(Self {
             store: Arc::new(store),
             registry,
             model,
             wake: Notify::new(),
+            pdf,
         })
     }
 

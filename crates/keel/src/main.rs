@@ -1,5 +1,6 @@
 //! The `keel` binary: parses the command line and the settings, then serves.
 
+mod extract_pdf;
 mod serve;
 mod settings;
 
@@ -22,6 +23,10 @@ enum Command {
     Serve,
     /// Read an API key on standard input and print its SHA-256 hash, for KEEL_API_KEYS_FILE.
     HashKey,
+    /// Read a PDF on standard input and print its text layer, under memory and CPU limits.
+    /// The server runs this itself for each PDF it ingests.
+    #[command(hide = true)]
+    ExtractPdf,
 }
 
 fn main() {
@@ -52,5 +57,6 @@ fn main() {
             let hash = keel_http::auth::hash_key(key.trim_end_matches(['\r', '\n']));
             println!("{}", keel_http::auth::to_hex(&hash));
         }
+        Command::ExtractPdf => extract_pdf::run(),
     }
 }

@@ -185,8 +185,13 @@ fn rag_service(
             r.storage_dir.display()
         )
     })?;
+    // PDFs are read by this same binary, run as `keel extract-pdf` under its own limits.
+    let pdf = std::env::current_exe()
+        .map_err(|e| tracing::warn!(error = %e, "PDFs will be refused: the keel binary's path is unknown"))
+        .ok()
+        .map(keel_retrieval::pdf::PdfExtractor::new);
     let service =
-        keel_retrieval::Retrieval::new(store, registry.clone(), r.embedding_model.clone());
+        keel_retrieval::Retrieval::new(store, registry.clone(), r.embedding_model.clone(), pdf);
     service.spawn_workers(r.ingest_workers);
     let open = settings.api_keys.is_empty() && !settings.host.is_loopback() && !r.allow_open;
     let refused = open.then_some(

@@ -23,6 +23,8 @@ pub enum Format {
     Rst,
     Markdown,
     Html,
+    /// A PDF's text layer, as a separate process extracted it (`keel extract-pdf`).
+    Pdf,
 }
 
 impl Format {
@@ -32,6 +34,7 @@ impl Format {
             Self::Rst => "rst",
             Self::Markdown => "markdown",
             Self::Html => "html",
+            Self::Pdf => "pdf",
         }
     }
 }
@@ -103,7 +106,8 @@ pub fn extract(bytes: &[u8], filename: &str) -> Result<Document, ExtractError> {
         }
     };
     let mut doc = match format {
-        Format::Text => text::parse(decoded),
+        // Pdf is never chosen here: its text comes from `from_pdf_text`.
+        Format::Text | Format::Pdf => text::parse(decoded),
         Format::Rst => rst::parse(decoded),
         Format::Markdown => markdown::parse(decoded),
         Format::Html => html::parse(&decoded)?,
@@ -112,6 +116,28 @@ pub fn extract(bytes: &[u8], filename: &str) -> Result<Document, ExtractError> {
     if doc.blocks.is_empty() {
         return Err(ExtractError::Invalid("the file has no text".into()));
     }
+    Ok(doc)
+}
+
+/// Whether the bytes are a PDF: read through [`from_pdf_text`] once a separate process has
+/// extracted the text layer, never parsed in the server itself.
+pub fn is_pdf(bytes: &[u8]) -> bool {
+    bytes.starts_with(b"%PDF-")
+}
+
+/// A PDF's extracted text layer as a document of paragraphs. No text at all means pages
+/// that are images (a scan): refused with that reason rather than indexed as nothing.
+pub fn from_pdf_text(text: &str) -> Result<Document, ExtractError> {
+    // Extraction leaves form feeds between pages and runs of blank lines.
+    let cleaned = text.replace('\x0c', "\n\n");
+    if cleaned.trim().is_empty() {
+        return Err(ExtractError::Unsupported(
+            "the PDF has no text layer (scanned pages are images and need OCR first)".into(),
+        ));
+    }
+    let mut doc = text::parse(cleaned);
+    doc.format = Format::Pdf;
+    doc.blocks = split_long_blocks(&doc.text, std::mem::take(&mut doc.blocks));
     Ok(doc)
 }
 
@@ -217,6 +243,18 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("PDF"));
+        assert!(is_pdf(pdf) && !is_pdf(b"PK\x03\x04"));
+    }
+
+    #[test]
+    fn a_pdf_text_layer_becomes_paragraphs_and_no_text_is_a_scan() {
+        let doc = from_pdf_text("Page one text.\n\nSecond paragraph.\x0cPage two.").unwrap();
+        assert_eq!(doc.format, Format::Pdf);
+        let blocks: Vec<&str> = doc.blocks.iter().map(|b| doc.block_text(b)).collect();
+        assert_eq!(blocks, ["Page one text.", "Second paragraph.", "Page two."]);
+        let err = from_pdf_text(" \n\x0c\n ").unwrap_err();
+        assert_eq!(err.code(), "unsupported_file");
+        assert!(err.to_string().contains("no text layer"), "{err}");
     }
 
     #[test]
