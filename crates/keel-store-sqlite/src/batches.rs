@@ -8,7 +8,6 @@
 use keel_rag::records::{
     Attach, BatchRecord, FileCounts, IngestStatus, ListQuery, Page, StoreError, StoreFileRecord,
 };
-use rusqlite::types::Value as SqlValue;
 use rusqlite::{params, OptionalExtension, Row};
 
 use crate::{attach_in, backend, new_id, not_found, now, SqliteStore};
@@ -133,21 +132,12 @@ impl SqliteStore {
         q: &ListQuery,
     ) -> Result<Page<StoreFileRecord>, StoreError> {
         self.batch(owner, store_id, batch_id)?;
-        let mut where_sql = "f.store_id = ?1 AND f.file_id IN \
-            (SELECT file_id FROM batch_files WHERE batch_id = ?2)"
-            .to_string();
-        let mut args: Vec<SqlValue> = vec![store_id.to_owned().into(), batch_id.to_owned().into()];
-        if let Some(s) = status {
-            args.push(s.as_str().to_owned().into());
-            where_sql.push_str(&format!(" AND f.status = ?{}", args.len()));
-        }
-        self.page_by(
-            Self::STORE_FILE_SELECT,
-            "f.file_id",
-            where_sql,
-            args,
+        self.page_store_files(
+            "f.store_id = ?1 AND f.file_id IN (SELECT file_id FROM batch_files WHERE batch_id = ?2)"
+                .into(),
+            vec![store_id.to_owned().into(), batch_id.to_owned().into()],
+            status,
             q,
-            Self::store_file_row,
         )
     }
 }

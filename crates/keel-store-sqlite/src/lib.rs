@@ -566,8 +566,22 @@ impl SqliteStore {
         q: &ListQuery,
     ) -> Result<Page<StoreFileRecord>, StoreError> {
         owned_store(&self.conn(), owner, store_id)?;
-        let mut where_sql = "f.store_id = ?1".to_string();
-        let mut args: Vec<SqlValue> = vec![store_id.to_owned().into()];
+        self.page_store_files(
+            "f.store_id = ?1".into(),
+            vec![store_id.to_owned().into()],
+            status,
+            q,
+        )
+    }
+
+    /// A page of attachments matching `where_sql`, narrowed to `status` when given.
+    fn page_store_files(
+        &self,
+        mut where_sql: String,
+        mut args: Vec<SqlValue>,
+        status: Option<IngestStatus>,
+        q: &ListQuery,
+    ) -> Result<Page<StoreFileRecord>, StoreError> {
         if let Some(s) = status {
             args.push(s.as_str().to_owned().into());
             where_sql.push_str(&format!(" AND f.status = ?{}", args.len()));

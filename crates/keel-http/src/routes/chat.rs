@@ -87,7 +87,8 @@ pub(crate) fn served_headers(response: &mut Response, served: &Served) {
     }
 }
 
-fn event_stream(body: Body) -> Response {
+/// An SSE answer: the body as `text/event-stream`, never cached.
+pub(crate) fn event_stream(body: Body) -> Response {
     let mut r = Response::new(body);
     let h = r.headers_mut();
     h.insert(

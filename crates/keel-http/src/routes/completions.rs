@@ -5,7 +5,7 @@
 use axum::body::{Body, Bytes};
 use axum::extract::rejection::BytesRejection;
 use axum::extract::State;
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Extension, Json, Router};
@@ -92,15 +92,6 @@ async fn complete(
     .map_err(generate_error)?;
     Ok(match answer {
         LocalAnswer::Complete { body, .. } => Json(body).into_response(),
-        LocalAnswer::Stream(stream) => {
-            let mut r = Response::new(Body::from_stream(stream));
-            let h = r.headers_mut();
-            h.insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("text/event-stream"),
-            );
-            h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-            r
-        }
+        LocalAnswer::Stream(stream) => super::chat::event_stream(Body::from_stream(stream)),
     })
 }

@@ -10,7 +10,6 @@
 use std::convert::Infallible;
 
 use axum::body::{Body, Bytes};
-use axum::http::{header, HeaderValue};
 use axum::response::Response;
 use futures_util::StreamExt;
 use keel_gateway::sse::{frame, SseEvent, SseParser};
@@ -96,14 +95,7 @@ pub(super) fn stream_response(turn: Turn, source: Source) -> Response {
     let body = futures_util::stream::unfold(rx, |mut rx| async move {
         rx.recv().await.map(|b| (Ok::<_, Infallible>(b), rx))
     });
-    let mut r = Response::new(Body::from_stream(body));
-    let h = r.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/event-stream"),
-    );
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-    r
+    super::chat::event_stream(Body::from_stream(body))
 }
 
 /// What the upstream stream gave: text was written, or it broke with a reason.
