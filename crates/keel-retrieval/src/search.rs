@@ -47,37 +47,52 @@ impl Retrieval {
         let (o, id) = (owner.to_owned(), req.store_id.clone());
         self.with_store(move |s| s.check_store(&o, &id)).await?;
 
-        let dense_started = Instant::now();
-        let vectors = if req.dense_weight > 0.0 {
-            let model = self.model()?;
-            let deadline = Instant::now() + Duration::from_secs(30);
-            let inference = model.embed(req.queries.clone(), deadline).await?;
-            inference.outputs.into_iter().map(normalized).collect()
-        } else {
-            Vec::new()
-        };
+        // The BM25 leg needs no embedding: it runs while the query is embedded and scanned.
         let (store_id, filter, queries) = (
             req.store_id.clone(),
             req.filter.clone(),
             req.queries.clone(),
         );
-        let (dense, dense_ms, bm25, bm25_ms) = self
-            .with_store(move |s| {
+        let bm25_leg = async {
+            if req.bm25_weight == 0.0 {
+                return Ok((vec![Vec::new(); queries.len()], Duration::ZERO));
+            }
+            self.with_store(move |s| {
                 let t = Instant::now();
-                let dense = vectors
-                    .iter()
-                    .map(|q| s.dense(&store_id, q, LEG_DEPTH, filter.as_ref()))
-                    .collect::<Result<Vec<_>, _>>()?;
-                let dense_ms = t.elapsed();
-                let t = Instant::now();
-                let bm25 = queries
+                let hits = queries
                     .iter()
                     .map(|q| s.bm25(&store_id, &analyze_query(q), LEG_DEPTH, filter.as_ref()))
                     .collect::<Result<Vec<_>, _>>()?;
-                Ok((dense, dense_ms, bm25, t.elapsed()))
+                Ok((hits, t.elapsed()))
             })
-            .await?;
-        let embed_ms = dense_started.elapsed().saturating_sub(dense_ms + bm25_ms);
+            .await
+        };
+        let (store_id, filter) = (req.store_id.clone(), req.filter.clone());
+        let dense_leg = async {
+            if req.dense_weight == 0.0 {
+                return Ok((Vec::new(), Duration::ZERO, Duration::ZERO));
+            }
+            let t = Instant::now();
+            let model = self.model()?;
+            let deadline = Instant::now() + Duration::from_secs(30);
+            let inference = model.embed(req.queries.clone(), deadline).await?;
+            let vectors: Vec<Vec<f32>> = inference.outputs.into_iter().map(normalized).collect();
+            let embed_ms = t.elapsed();
+            let (hits, dense_ms) = self
+                .with_store(move |s| {
+                    let t = Instant::now();
+                    let hits = vectors
+                        .iter()
+                        .map(|q| s.dense(&store_id, q, LEG_DEPTH, filter.as_ref()))
+                        .collect::<Result<Vec<_>, _>>()?;
+                    Ok((hits, t.elapsed()))
+                })
+                .await?;
+            Ok::<_, RetrievalError>((hits, dense_ms, embed_ms))
+        };
+        let (bm25, dense) = tokio::join!(bm25_leg, dense_leg);
+        let (bm25, bm25_ms) = bm25?;
+        let (dense, dense_ms, embed_ms) = dense?;
 
         let dense_ids: Vec<Vec<i64>> = dense
             .iter()
