@@ -21,7 +21,7 @@ use std::collections::HashMap;
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use keel_rag::analyze::analyze;
@@ -45,7 +45,8 @@ pub struct SqliteStore {
     _lock: fs::File,
     conn: Mutex<Connection>,
     files_dir: PathBuf,
-    vectors: Mutex<HashMap<String, Arc<StoreVectors>>>,
+    /// Loaded on a store's first dense search, then kept up to date by every write.
+    vectors: Mutex<HashMap<String, Arc<RwLock<StoreVectors>>>>,
 }
 
 fn backend(e: impl std::fmt::Display) -> StoreError {
@@ -273,7 +274,7 @@ impl SqliteStore {
 
     /// Deletes a file, its bytes and its chunks in every store.
     pub fn delete_file(&self, owner: &str, id: &str) -> Result<(), StoreError> {
-        let stores = {
+        {
             let mut conn = self.conn();
             let tx = conn.transaction().map_err(backend)?;
             let exists = tx
@@ -294,20 +295,20 @@ impl SqliteStore {
                 let rows = stmt.query_map([id], |r| r.get(0)).map_err(backend)?;
                 rows.collect::<Result<_, _>>().map_err(backend)?
             };
+            let mut removed = Vec::with_capacity(stores.len());
             for store in &stores {
-                delete_chunks(&tx, store, id)?;
+                removed.push(delete_chunks(&tx, store, id)?);
             }
             tx.execute("DELETE FROM store_files WHERE file_id = ?1", [id])
                 .map_err(backend)?;
             tx.execute("DELETE FROM files WHERE id = ?1", [id])
                 .map_err(backend)?;
             tx.commit().map_err(backend)?;
-            stores
-        };
-        let _ = fs::remove_file(self.files_dir.join(id));
-        for store in stores {
-            self.forget_vectors(&store);
+            for (store, removed) in stores.iter().zip(&removed) {
+                self.update_vectors(store, removed, &[]);
+            }
         }
+        let _ = fs::remove_file(self.files_dir.join(id));
         Ok(())
     }
 
@@ -623,7 +624,7 @@ impl SqliteStore {
             let mut conn = self.conn();
             let tx = conn.transaction().map_err(backend)?;
             owned_store(&tx, owner, store_id)?;
-            delete_chunks(&tx, store_id, file_id)?;
+            let removed = delete_chunks(&tx, store_id, file_id)?;
             let n = tx
                 .execute(
                     "DELETE FROM store_files WHERE store_id = ?1 AND file_id = ?2",
@@ -634,8 +635,8 @@ impl SqliteStore {
                 return Err(not_found("vector store file", file_id));
             }
             tx.commit().map_err(backend)?;
+            self.update_vectors(store_id, &removed, &[]);
         }
-        self.forget_vectors(store_id);
         Ok(())
     }
 
@@ -715,7 +716,8 @@ impl SqliteStore {
             if !current(&tx, job)? {
                 return Ok(false);
             }
-            delete_chunks(&tx, &job.store_id, &job.file_id)?;
+            let removed = delete_chunks(&tx, &job.store_id, &job.file_id)?;
+            let mut added: Vec<(i64, &[f32])> = Vec::with_capacity(chunks.len());
             let mut usage = 0u64;
             {
                 let mut insert = tx
@@ -741,6 +743,7 @@ impl SqliteStore {
                         ])
                         .map_err(backend)?;
                     let rowid = tx.last_insert_rowid();
+                    added.push((rowid, &c.embedding));
                     let terms = analyze(&format!("{}\n{}", c.headings, c.text)).joined();
                     index.execute(params![rowid, terms]).map_err(backend)?;
                     usage += c.text.len() as u64;
@@ -758,8 +761,9 @@ impl SqliteStore {
             )
             .map_err(backend)?;
             tx.commit().map_err(backend)?;
+            // Still under the connection's lock: no search can load the store in between.
+            self.update_vectors(&job.store_id, &removed, &added);
         }
-        self.forget_vectors(&job.store_id);
         Ok(true)
     }
 
@@ -772,7 +776,7 @@ impl SqliteStore {
             if !current(&tx, job)? {
                 return Ok(false);
             }
-            delete_chunks(&tx, &job.store_id, &job.file_id)?;
+            let removed = delete_chunks(&tx, &job.store_id, &job.file_id)?;
             tx.execute(
                 "UPDATE store_files SET status = 'failed', error_code = ?3, error_message = ?4, usage_bytes = 0, \
                  lease_owner = NULL, lease_until = NULL WHERE store_id = ?1 AND file_id = ?2",
@@ -780,8 +784,8 @@ impl SqliteStore {
             )
             .map_err(backend)?;
             tx.commit().map_err(backend)?;
+            self.update_vectors(&job.store_id, &removed, &[]);
         }
-        self.forget_vectors(&job.store_id);
         Ok(true)
     }
 
@@ -830,6 +834,7 @@ impl SqliteStore {
                 Some(ids)
             }
         };
+        let vectors = vectors.read().unwrap_or_else(|p| p.into_inner());
         Ok(vectors.top_k(query, k, |id| {
             allowed.as_ref().is_none_or(|a| a.contains(&id))
         }))
@@ -902,37 +907,43 @@ impl SqliteStore {
         Ok(out)
     }
 
-    fn vectors(&self, store_id: &str) -> Result<Arc<StoreVectors>, StoreError> {
-        if let Some(v) = self
-            .vectors
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(store_id)
-        {
+    /// The store's vectors, loaded on first use. Loading and inserting happen under the
+    /// connection's lock, as every write's update does, so no write slips in between.
+    fn vectors(&self, store_id: &str) -> Result<Arc<RwLock<StoreVectors>>, StoreError> {
+        let conn = self.conn();
+        let mut cache = self.vectors.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(v) = cache.get(store_id) {
             return Ok(v.clone());
         }
-        let loaded = {
-            let conn = self.conn();
-            let mut stmt = conn
-                .prepare("SELECT id, embedding FROM chunks WHERE store_id = ?1 ORDER BY id")
-                .map_err(backend)?;
-            let rows = stmt
-                .query_map([store_id], |r| {
-                    Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?))
-                })
-                .map_err(backend)?;
-            let mut v = StoreVectors::default();
-            for row in rows {
-                let (id, blob) = row.map_err(backend)?;
-                v.push(id, &blob);
-            }
-            Arc::new(v)
-        };
-        self.vectors
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(store_id.to_owned(), loaded.clone());
+        let mut stmt = conn
+            .prepare("SELECT id, embedding FROM chunks WHERE store_id = ?1 ORDER BY id")
+            .map_err(backend)?;
+        let rows = stmt
+            .query_map([store_id], |r| {
+                Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?))
+            })
+            .map_err(backend)?;
+        let mut v = StoreVectors::default();
+        for row in rows {
+            let (id, blob) = row.map_err(backend)?;
+            v.push(id, &vectors::decode(&blob));
+        }
+        let loaded = Arc::new(RwLock::new(v));
+        cache.insert(store_id.to_owned(), loaded.clone());
         Ok(loaded)
+    }
+
+    /// Applies a committed write to the store's cached vectors, if they are loaded. Called
+    /// with the connection's lock held.
+    fn update_vectors(&self, store_id: &str, removed: &[i64], added: &[(i64, &[f32])]) {
+        let cache = self.vectors.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(v) = cache.get(store_id) {
+            let mut v = v.write().unwrap_or_else(|p| p.into_inner());
+            v.remove(removed);
+            for (id, vector) in added {
+                v.push(*id, vector);
+            }
+        }
     }
 
     fn forget_vectors(&self, store_id: &str) {
@@ -1057,8 +1068,16 @@ fn current(tx: &Transaction, job: &IngestJob) -> Result<bool, StoreError> {
 }
 
 /// Deletes a file's chunks in a store, and their index entries.
-fn delete_chunks(tx: &Transaction, store_id: &str, file_id: &str) -> Result<(), StoreError> {
+/// Deletes a file's chunks and index rows in a store; returns the chunk ids it removed.
+fn delete_chunks(tx: &Transaction, store_id: &str, file_id: &str) -> Result<Vec<i64>, StoreError> {
     let fts = fts_table(store_id)?;
+    let ids = tx
+        .prepare_cached("SELECT id FROM chunks WHERE store_id = ?1 AND file_id = ?2")
+        .map_err(backend)?
+        .query_map(params![store_id, file_id], |r| r.get::<_, i64>(0))
+        .map_err(backend)?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(backend)?;
     tx.execute(
         &format!("DELETE FROM {fts} WHERE rowid IN (SELECT id FROM chunks WHERE store_id = ?1 AND file_id = ?2)"),
         params![store_id, file_id],
@@ -1069,5 +1088,5 @@ fn delete_chunks(tx: &Transaction, store_id: &str, file_id: &str) -> Result<(), 
         params![store_id, file_id],
     )
     .map_err(backend)?;
-    Ok(())
+    Ok(ids)
 }

@@ -489,3 +489,62 @@ fn a_batch_counts_its_files_by_status_and_cancelling_makes_late_work_a_no_op() {
     store.delete_store(ME, &vs.id).unwrap();
     assert!(store.batch(ME, &vs.id, &big.id).is_err());
 }
+
+#[test]
+fn vectors_kept_up_to_date_in_memory_equal_a_fresh_load_from_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    let q = unit(0, 0.3);
+    let (vs, before) = {
+        let store = SqliteStore::open(dir.path()).unwrap();
+        let vs = store.create_store(ME, "cached", &Map::new()).unwrap();
+        let files: Vec<String> = (0..12)
+            .map(|i| {
+                store
+                    .put_file(ME, &format!("{i}.txt"), "assistants", b"x")
+                    .unwrap()
+                    .id
+            })
+            .collect();
+        let attach_all = |ids: &[String]| {
+            let a: Vec<Attach> = ids.iter().map(|id| attach(id, json!({}))).collect();
+            store.attach(ME, &vs.id, &a).unwrap();
+        };
+        let ingest = |round: usize| {
+            for (n, job) in store
+                .claim("w", 100, LEASE)
+                .unwrap()
+                .into_iter()
+                .enumerate()
+            {
+                let w = (round * 7 + n) as f32 / 20.0;
+                if n % 5 == 4 {
+                    let e = LastError {
+                        code: "invalid_file".into(),
+                        message: "x".into(),
+                    };
+                    store.fail(&job, &e).unwrap();
+                } else {
+                    let chunks: Vec<NewChunk> = (0..3)
+                        .map(|k| chunk("words", unit(k % 3, w + k as f32 / 10.0)))
+                        .collect();
+                    store.complete(&job, &chunks).unwrap();
+                }
+            }
+        };
+        attach_all(&files);
+        ingest(0);
+        // The first search loads the vectors; every write after it updates them in place.
+        assert!(!store.dense(&vs.id, &q, 100, None).unwrap().is_empty());
+        attach_all(&files[..6]);
+        ingest(1);
+        store.detach(ME, &vs.id, &files[7]).unwrap();
+        store.delete_file(ME, &files[8]).unwrap();
+        attach_all(&files[9..]);
+        ingest(2);
+        let after = store.dense(&vs.id, &q, 100, None).unwrap();
+        (vs, after)
+    };
+    let reopened = SqliteStore::open(dir.path()).unwrap();
+    assert_eq!(reopened.dense(&vs.id, &q, 100, None).unwrap(), before);
+    assert!(before.len() > 10);
+}
