@@ -28,7 +28,7 @@ QUESTIONS = ROOT / "tests" / "fixtures" / "rag" / "flask-questions.json"
 MODES = {"dense": (1, 0), "bm25": (0, 1), "hybrid": (1, 1)}
 
 
-def start(binary, storage):
+def start(binary, storage, extra_env=None):
     env = {
         "PATH": os.environ.get("PATH", ""),
         "HOST": "127.0.0.1",
@@ -36,6 +36,7 @@ def start(binary, storage):
         "LOG_FORMAT": "json",
         "MODELS": f"all-MiniLM-L6-v2={ROOT / 'models' / 'all-MiniLM-L6-v2'}",
         "PERSISTENT_STORAGE_DIR": storage,
+        **(extra_env or {}),
     }
     log = open(os.path.join(storage, "keel.log"), "w+")
     proc = subprocess.Popen([binary, "serve"], env=env, cwd=ROOT, stdout=log, text=True)
