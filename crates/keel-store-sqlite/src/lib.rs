@@ -857,14 +857,23 @@ impl SqliteStore {
             .map(|t| format!("\"{}\"", t.replace('"', "")))
             .collect::<Vec<_>>()
             .join(" OR ");
-        let mut args: Vec<SqlValue> =
-            vec![query.into(), store_id.to_owned().into(), (k as i64).into()];
-        let clause = Self::filter_clause(filter, &mut args);
-        let sql = format!(
-            "SELECT {fts}.rowid, -bm25({fts}) FROM {fts} \
-             WHERE {fts} MATCH ?1 AND {fts}.rowid IN (SELECT c.id FROM chunks c WHERE c.store_id = ?2{clause}) \
-             ORDER BY bm25({fts}) LIMIT ?3"
-        );
+        let mut args: Vec<SqlValue> = vec![query.into(), (k as i64).into()];
+        // The FTS table is the store's own, so only a filter needs the chunks table. The
+        // matches are materialised first: with a rowid constraint beside MATCH, SQLite runs
+        // the full-text query once per candidate row (seconds at 10k chunks).
+        let sql = match filter {
+            None => format!(
+                "SELECT rowid, -bm25({fts}) FROM {fts} WHERE {fts} MATCH ?1 ORDER BY bm25({fts}) LIMIT ?2"
+            ),
+            Some(_) => {
+                let clause = Self::filter_clause(filter, &mut args);
+                format!(
+                    "WITH m AS MATERIALIZED (SELECT rowid AS id, bm25({fts}) AS score FROM {fts} WHERE {fts} MATCH ?1) \
+                     SELECT m.id, -m.score FROM m JOIN chunks c ON c.id = m.id WHERE 1{clause} \
+                     ORDER BY m.score LIMIT ?2"
+                )
+            }
+        };
         let conn = self.conn();
         let mut stmt = conn.prepare(&sql).map_err(backend)?;
         let rows = stmt
