@@ -42,6 +42,7 @@ impl TokenSpans for Spans<'_> {
 impl Retrieval {
     /// Starts `workers` ingestion tasks on the current runtime.
     pub fn spawn_workers(self: &Arc<Self>, workers: usize) {
+        crate::telemetry::describe();
         // Leases of a previous run of this process are void: the embedded store has one
         // process, so nobody else is working on them.
         if let Err(e) = self.store.release_leases() {

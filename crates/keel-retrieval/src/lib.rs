@@ -11,6 +11,7 @@
 mod ingest;
 pub mod pdf;
 mod search;
+mod telemetry;
 
 use std::sync::Arc;
 
