@@ -139,6 +139,19 @@ impl CitationParser {
         text
     }
 
+    /// Ends the answer: releases anything held back and, when the model cited nothing,
+    /// cites the best files at the end ([`fallback_citations`]). Returns the released text
+    /// and the citations this added.
+    pub fn finish_citing(&mut self, passages: &[Passage]) -> (String, Vec<Citation>) {
+        let tail = self.finish();
+        if !self.citations.is_empty() {
+            return (tail, Vec::new());
+        }
+        let added = fallback_citations(passages, self.emitted);
+        self.citations.extend_from_slice(&added);
+        (tail, added)
+    }
+
     /// Every citation so far, in order.
     pub fn citations(&self) -> &[Citation] {
         &self.citations
@@ -275,6 +288,26 @@ mod tests {
         let (out, cites) = parse_in_pieces("a[b [[1] [1][1] [12345678901234567890]", 1, 1);
         assert_eq!(out, "a[b [  [12345678901234567890]");
         assert_eq!(cites.len(), 2, "{cites:?}");
+    }
+
+    #[test]
+    fn an_answer_without_markers_cites_the_best_files_at_its_end() {
+        let ps = vec![passage("a", "x"), passage("a", "y"), passage("b", "z")];
+        let mut p = CitationParser::new(ps.len());
+        let (text, _) = p.feed("Plain [x");
+        let (tail, added) = p.finish_citing(&ps);
+        assert_eq!(format!("{text}{tail}"), "Plain [x");
+        let end = Citation {
+            passage: 0,
+            index: 8,
+        };
+        assert_eq!(added, vec![end, Citation { passage: 2, ..end }]);
+        assert_eq!(p.citations(), &added[..]);
+        // A model that cited something gets nothing added.
+        let mut p = CitationParser::new(ps.len());
+        p.feed("Cited [2].");
+        assert_eq!(p.finish_citing(&ps), (String::new(), Vec::new()));
+        assert_eq!(p.citations().len(), 1);
     }
 
     #[test]

@@ -13,8 +13,8 @@ use keel_rag::records::{Attach, BatchRecord};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::rag::{list_body, list_query, rag, RagCaller};
-use super::vector_stores::{attributes, file_object, poll_headers, status_filter, strategy};
+use super::rag::{rag, RagCaller};
+use super::vector_stores::{attributes, file_list, file_list_query, poll_headers, strategy};
 use crate::error::ApiError;
 use crate::json::JsonBody;
 use crate::AppState;
@@ -186,13 +186,9 @@ async fn list_batch_files(
     Query(params): Query<HashMap<String, String>>,
 ) -> Result<impl IntoResponse, ApiError> {
     let RagCaller { rag, owner, .. } = rag(&state, caller)?;
-    let q = list_query(&params, 20, 100)?;
-    let status = status_filter(&params)?;
+    let (q, status) = file_list_query(&params)?;
     let page = rag
         .with_store(move |s| s.list_batch_files(&owner, &id, &batch_id, status, &q))
         .await?;
-    Ok(Json(list_body(
-        page.items.iter().map(file_object).collect(),
-        page.has_more,
-    )))
+    Ok(file_list(&page))
 }

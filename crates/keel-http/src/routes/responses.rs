@@ -19,9 +19,7 @@ use axum::routing::post;
 use axum::{Extension, Json, Router};
 use keel_gateway::{Answer, ChatRequest, Gateway, Served};
 use keel_limits::Caller;
-use keel_rag::answer::{
-    degraded_answer, fallback_citations, system_prompt, Citation, CitationParser, Passage,
-};
+use keel_rag::answer::{degraded_answer, system_prompt, Citation, CitationParser, Passage};
 use keel_retrieval::Hit;
 use serde_json::{json, Map, Value};
 
@@ -533,12 +531,8 @@ pub(super) fn usage(upstream: Option<&Value>) -> Value {
 pub(super) fn cite(text: &str, passages: &[Passage]) -> (String, Vec<Citation>) {
     let mut parser = CitationParser::new(passages.len());
     let (mut out, _) = parser.feed(text);
-    out.push_str(&parser.finish());
-    let mut citations = parser.citations().to_vec();
-    if citations.is_empty() {
-        citations = fallback_citations(passages, out.chars().count());
-    }
-    (out, citations)
+    out.push_str(&parser.finish_citing(passages).0);
+    (out, parser.citations().to_vec())
 }
 
 fn unix_now() -> i64 {

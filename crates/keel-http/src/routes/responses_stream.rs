@@ -14,7 +14,7 @@ use axum::response::Response;
 use futures_util::StreamExt;
 use keel_gateway::sse::{frame, SseEvent, SseParser};
 use keel_gateway::stream::ClientStream;
-use keel_rag::answer::{degraded_answer, fallback_citations, Citation, CitationParser};
+use keel_rag::answer::{degraded_answer, Citation, CitationParser};
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
@@ -194,15 +194,7 @@ async fn run(events: &mut Events, turn: Turn, source: Source) {
             }
         }
         if !degraded {
-            let tail = parser.finish();
-            let mut cited = parser.citations().to_vec();
-            let fallback = if cited.is_empty() {
-                let len = message.text.chars().count() + tail.chars().count();
-                cited = fallback_citations(&turn.passages, len);
-                cited.clone()
-            } else {
-                Vec::new()
-            };
+            let (tail, fallback) = parser.finish_citing(&turn.passages);
             if !message.delta(events, &tail, &fallback).await {
                 return;
             }

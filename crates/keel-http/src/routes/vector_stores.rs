@@ -12,7 +12,7 @@ use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
 use keel_limits::Caller;
 use keel_rag::filter::parse_attributes;
-use keel_rag::records::{Attach, IngestStatus, StoreFileRecord, StoreRecord};
+use keel_rag::records::{Attach, IngestStatus, ListQuery, Page, StoreFileRecord, StoreRecord};
 use keel_rag::{Attributes, ChunkStrategy, Filter};
 use keel_retrieval::SearchRequest;
 use serde::Deserialize;
@@ -88,11 +88,12 @@ pub(super) fn file_object(f: &StoreFileRecord) -> Value {
     })
 }
 
-/// A file list's `filter` parameter: one ingestion status.
-pub(super) fn status_filter(
+/// A file list's paging and its `filter` parameter (one ingestion status).
+pub(super) fn file_list_query(
     params: &HashMap<String, String>,
-) -> Result<Option<IngestStatus>, ApiError> {
-    params
+) -> Result<(ListQuery, Option<IngestStatus>), ApiError> {
+    let q = list_query(params, 20, 100)?;
+    let status = params
         .get("filter")
         .map(|f| {
             IngestStatus::parse(f).ok_or_else(|| {
@@ -101,7 +102,16 @@ pub(super) fn status_filter(
                 ))
             })
         })
-        .transpose()
+        .transpose()?;
+    Ok((q, status))
+}
+
+/// A page of attached files as OpenAI's list.
+pub(super) fn file_list(page: &Page<StoreFileRecord>) -> Json<Value> {
+    Json(list_body(
+        page.items.iter().map(file_object).collect(),
+        page.has_more,
+    ))
 }
 
 /// The poll hint while the object is still being worked on.
@@ -318,15 +328,11 @@ async fn list_files(
     Query(params): Query<HashMap<String, String>>,
 ) -> Result<impl IntoResponse, ApiError> {
     let RagCaller { rag, owner, .. } = rag(&state, caller)?;
-    let q = list_query(&params, 20, 100)?;
-    let status = status_filter(&params)?;
+    let (q, status) = file_list_query(&params)?;
     let page = rag
         .with_store(move |s| s.list_store_files(&owner, &id, status, &q))
         .await?;
-    Ok(Json(list_body(
-        page.items.iter().map(file_object).collect(),
-        page.has_more,
-    )))
+    Ok(file_list(&page))
 }
 
 async fn retrieve_file(
