@@ -84,8 +84,11 @@ lint: build-deps
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --all-targets -- -D warnings
 
-test-rust: build-deps test-images
+## The PostgreSQL store's tests (the only ignored ones) need a server: tests/pg_server.py
+## runs them beside one.
+test-rust: build-deps test-images $(TEST_VENV)/.installed
 	$(CARGO) test --workspace
+	$(TEST_VENV)/bin/python tests/pg_server.py -- $(CARGO) test --workspace -- --ignored
 
 $(TEST_VENV)/.installed: tests/requirements.txt
 	python3 -m venv $(TEST_VENV)

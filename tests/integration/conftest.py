@@ -11,9 +11,11 @@ import pathlib
 import re
 import signal
 import subprocess
+import sys
 import tempfile
 import threading
 import time
+import uuid
 
 import pytest
 import requests
@@ -151,6 +153,32 @@ def keel():
 @pytest.fixture(scope="session")
 def url(keel):
     return keel.url
+
+
+@pytest.fixture(scope="session")
+def postgres(tmp_path_factory):
+    """A real PostgreSQL with pgvector for the session (tests/pg_server.py)."""
+    sys.path.insert(0, str(ROOT / "tests"))
+    import pg_server
+
+    with pg_server.PgServer(tmp_path_factory.mktemp("pg") / "data") as pg:
+        yield pg
+
+
+def new_database(pg):
+    """A fresh, empty database on `pg`, as a DATABASE_URL."""
+    name = f"keel_{uuid.uuid4().hex}"
+    pg.psql(f"CREATE DATABASE {name}")
+    return pg.url.rsplit("/", 1)[0] + "/" + name
+
+
+@pytest.fixture(params=["embedded", "postgres"])
+def rag_backend(request):
+    """Environment for a Keel on each RAG store in turn: its own folder, or its own database.
+    Servers given the same environment share the store."""
+    if request.param == "embedded":
+        return {"PERSISTENT_STORAGE_DIR": tempfile.mkdtemp(prefix="keel-data-")}
+    return {"DATABASE_URL": new_database(request.getfixturevalue("postgres"))}
 
 
 def load_fixture(name):

@@ -1,5 +1,7 @@
 """Files, vector stores and hybrid search through the official OpenAI SDK, against the real
-binary, the real embedding model and the embedded store on disk."""
+binary and the real embedding model, on each RAG store: the embedded one on disk, and a real
+PostgreSQL with pgvector (tests/pg_server.py). Tests on the module's `keel` run once per
+store; so do those taking `rag_backend`."""
 
 import io
 import signal
@@ -10,7 +12,7 @@ import pytest
 import requests
 
 import pdfs
-from conftest import metric_value, wait_until
+from conftest import Keel, metric_value, new_database, wait_until
 
 ROUTING = """# Routing
 
@@ -45,6 +47,17 @@ def client(keel, key="unused"):
 def upload(c, name, text):
     data = text if isinstance(text, bytes) else text.encode()
     return c.files.create(file=(name, io.BytesIO(data)), purpose="assistants")
+
+
+@pytest.fixture(scope="module", params=["embedded", "postgres"])
+def keel(request):
+    """This module's server, once on each store (its own folder, or its own database)."""
+    env = {}
+    if request.param == "postgres":
+        env["DATABASE_URL"] = new_database(request.getfixturevalue("postgres"))
+    k = Keel(env).wait_ready()
+    yield k
+    assert k.stop() == 0
 
 
 @pytest.fixture(scope="module")
@@ -294,8 +307,8 @@ def test_uploads_past_max_file_bytes_are_413(start_keel):
     assert upload(c, "small.txt", "x" * 900).bytes == 900
 
 
-def test_stores_are_scoped_to_the_api_key(start_keel):
-    k = start_keel({"KEEL_API_KEYS": "sk-alice,sk-bob"}).wait_ready()
+def test_stores_are_scoped_to_the_api_key(start_keel, rag_backend):
+    k = start_keel({"KEEL_API_KEYS": "sk-alice,sk-bob", **rag_backend}).wait_ready()
     alice, bob = client(k, "sk-alice"), client(k, "sk-bob")
     f = upload(alice, "a.txt", "alice's private notes about deployment")
     store = alice.vector_stores.create(name="alice", file_ids=[f.id])
@@ -317,8 +330,8 @@ def test_open_network_without_keys_is_refused(start_keel):
     assert requests.post(k.url("/v1/embeddings"), json={"input": "still served"}, timeout=30).status_code == 200
 
 
-def test_files_and_chunks_survive_a_restart(start_keel, tmp_path):
-    env = {"PERSISTENT_STORAGE_DIR": str(tmp_path)}
+def test_files_and_chunks_survive_a_restart(start_keel, rag_backend):
+    env = rag_backend
     first = start_keel(env).wait_ready()
     c = client(first)
     f = upload(c, "kept.md", "# Deploying\n\nRun Flask behind gunicorn in production, never the dev server.")
@@ -361,8 +374,58 @@ def test_kill_9_during_ingestion_loses_nothing_and_duplicates_nothing(start_keel
         assert [h.file_id for h in hits] == [file_id], marker
 
 
-def test_metrics_show_files_by_status_chunks_and_the_queue(start_keel):
-    k = start_keel().wait_ready()
+def test_two_replicas_on_one_postgres_share_files_and_finish_a_killed_replicas_work(start_keel, postgres):
+    url = new_database(postgres)
+    database = url.rsplit("/", 1)[1]
+    env = {"DATABASE_URL": url, "RAG_INGEST_WORKERS": "1", "RAG_INGEST_LEASE_MS": "5000"}
+    a, b = start_keel(env), start_keel(env)
+    a.wait_ready(), b.wait_ready()
+    ca, cb = client(a), client(b)
+
+    # A file uploaded through one replica is read and searched through the other.
+    note = upload(cb, "shared.md", "# Shared\n\nThe walrus configuration lives in one database.")
+    store = ca.vector_stores.create(name="replicas", file_ids=[note.id])
+    wait_until(lambda: cb.vector_stores.retrieve(store.id).file_counts.completed == 1, what="ingestion")
+    assert ca.files.content(note.id).content.startswith(b"# Shared")
+    assert [h.file_id for h in ca.vector_stores.search(store.id, query="walrus configuration")] == [note.id]
+
+    words = ["alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel"]
+    ids = []
+    for i in range(24):
+        marker = f"{words[i % 8]}{i}yankee"
+        body = f"File {i} mentions {marker} once.\n\n" + "Filler about Flask configuration. " * 100
+        ids.append((upload(ca if i % 2 else cb, f"r{i}.txt", body).id, marker))
+    batch = cb.vector_stores.file_batches.create(vector_store_id=store.id, file_ids=[i for i, _ in ids])
+
+    def frozen_holding_a_lease():
+        # Frozen, A cannot finish the file between this look and the kill.
+        a.proc.send_signal(signal.SIGSTOP)
+        held = postgres.psql("SELECT file_id FROM rag_store_files WHERE status = 'in_progress' "
+                             f"AND lease_owner LIKE '{a.proc.pid}-%'", database)
+        if not held:
+            a.proc.send_signal(signal.SIGCONT)
+        return held
+
+    orphaned = wait_until(frozen_holding_a_lease, timeout=60, interval=0.01, what="A holding a lease")
+    a.proc.send_signal(signal.SIGKILL)
+    a.proc.wait()
+
+    # The survivor takes the dead replica's file once its lease runs out, and the rest.
+    done = wait_until(lambda: (lambda b_: b_ if b_.status == "completed" else None)(
+        cb.vector_stores.file_batches.retrieve(batch.id, vector_store_id=store.id)), timeout=120, what="recovery")
+    assert done.file_counts.completed == 24 and done.file_counts.failed == 0
+    assert orphaned in [i for i, _ in ids]
+    bm25 = {"hybrid_search": {"embedding_weight": 0, "text_weight": 1}}
+    for file_id, marker in ids:
+        hits = list(cb.vector_stores.search(store.id, query=marker, max_num_results=50, ranking_options=bm25))
+        assert [h.file_id for h in hits] == [file_id], marker
+    chunks = int(postgres.psql("SELECT count(*) FROM rag_chunks", database))
+    stored = int(postgres.psql("SELECT sum(chunk_count) FROM rag_stores", database))
+    assert chunks == stored, "the stores' BM25 statistics match their chunks"
+
+
+def test_metrics_show_files_by_status_chunks_and_the_queue(start_keel, rag_backend):
+    k = start_keel(rag_backend).wait_ready()
     c = client(k)
     good = [upload(c, f"m-{i}.md", f"# Metric note {i}\n\nIngested text number {i}.") for i in range(3)]
     bad = upload(c, "m-bad.txt", b"")

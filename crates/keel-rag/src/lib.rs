@@ -11,6 +11,7 @@
 //!   or compiled to SQL by a store.
 //! - [`fuse`]: weighted reciprocal rank fusion of the dense and lexical legs.
 //! - [`records`]: what a store keeps (files, vector stores, attachments, chunks), as plain data.
+//! - [`store`]: the [`RagStore`] trait both storage backends implement.
 //! - [`answer`]: the prompt over numbered passages, `[n]` markers into citations, and the
 //!   degraded answer made of the passages themselves.
 
@@ -22,9 +23,11 @@ pub mod extract;
 pub mod filter;
 pub mod fuse;
 pub mod records;
+pub mod store;
 
 pub use chunk::{chunk, Chunk, ChunkStrategy, TokenSpans};
 pub use error::{ExtractError, RagError};
 pub use extract::{extract, from_pdf_text, is_pdf, Block, Document, Format};
 pub use filter::{Attributes, Filter};
 pub use records::StoreError;
+pub use store::RagStore;

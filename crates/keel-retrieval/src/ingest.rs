@@ -17,8 +17,6 @@ pub(crate) fn normalized(mut v: Vec<f32>) -> Vec<f32> {
     v
 }
 
-/// How long a claimed file stays leased to this replica before another may take it.
-const LEASE: Duration = Duration::from_secs(60);
 /// Idle workers look for work this often even when nothing wakes them (a file attached
 /// through another replica, a lease run out).
 const POLL: Duration = Duration::from_millis(500);
@@ -40,8 +38,9 @@ impl TokenSpans for Spans<'_> {
 }
 
 impl Retrieval {
-    /// Starts `workers` ingestion tasks on the current runtime.
-    pub fn spawn_workers(self: &Arc<Self>, workers: usize) {
+    /// Starts `workers` ingestion tasks on the current runtime. Each file a worker takes stays
+    /// leased to it for `lease`; past that, another worker (of any replica) may take it.
+    pub fn spawn_workers(self: &Arc<Self>, workers: usize, lease: Duration) {
         crate::telemetry::describe();
         // Leases of a previous run of this process are void: the embedded store has one
         // process, so nobody else is working on them.
@@ -50,7 +49,9 @@ impl Retrieval {
         }
         for n in 0..workers {
             let this = self.clone();
-            tokio::spawn(async move { this.work(format!("worker-{n}")).await });
+            // The lease owner names the process, for whoever reads the queue table.
+            let name = format!("{}-worker-{n}", std::process::id());
+            tokio::spawn(async move { this.work(name, lease).await });
         }
         let this = self.clone();
         tokio::spawn(async move {
@@ -83,7 +84,7 @@ impl Retrieval {
         }
     }
 
-    async fn work(self: Arc<Self>, worker: String) {
+    async fn work(self: Arc<Self>, worker: String, lease: Duration) {
         loop {
             // Take nothing while the model cannot embed: the file would only wait leased.
             let Ok(model) = self.model() else {
@@ -91,7 +92,7 @@ impl Retrieval {
                 continue;
             };
             let id = worker.clone();
-            match self.with_store(move |s| s.claim(&id, 1, LEASE)).await {
+            match self.with_store(move |s| s.claim(&id, 1, lease)).await {
                 Ok(jobs) if !jobs.is_empty() => {
                     for job in jobs {
                         self.ingest(&model, job).await;

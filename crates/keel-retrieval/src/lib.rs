@@ -17,7 +17,7 @@ use std::sync::Arc;
 
 use keel_engine::{EngineError, LoadedModel, ModelRegistry, Task};
 use keel_rag::records::StoreError;
-use keel_store_sqlite::SqliteStore;
+use keel_rag::RagStore;
 use tokio::sync::Notify;
 
 pub use search::{Hit, SearchRequest};
@@ -35,7 +35,7 @@ pub enum RetrievalError {
 }
 
 pub struct Retrieval {
-    store: Arc<SqliteStore>,
+    store: Arc<dyn RagStore>,
     registry: Arc<ModelRegistry>,
     /// The embedding model for chunks and queries; None: the first one configured.
     model: Option<String>,
@@ -47,13 +47,13 @@ pub struct Retrieval {
 
 impl Retrieval {
     pub fn new(
-        store: SqliteStore,
+        store: Arc<dyn RagStore>,
         registry: Arc<ModelRegistry>,
         model: Option<String>,
         pdf: Option<pdf::PdfExtractor>,
     ) -> Arc<Self> {
         Arc::new(Self {
-            store: Arc::new(store),
+            store,
             registry,
             model,
             wake: Notify::new(),
@@ -65,10 +65,10 @@ impl Retrieval {
     pub async fn with_store<T, F>(&self, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
-        F: FnOnce(&SqliteStore) -> Result<T, StoreError> + Send + 'static,
+        F: FnOnce(&dyn RagStore) -> Result<T, StoreError> + Send + 'static,
     {
         let store = self.store.clone();
-        tokio::task::spawn_blocking(move || f(&store))
+        tokio::task::spawn_blocking(move || f(store.as_ref()))
             .await
             .map_err(|e| StoreError::Backend(format!("storage task failed: {e}")))?
     }

@@ -25,11 +25,12 @@ use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use keel_rag::analyze::analyze;
+use keel_rag::records::BatchRecord;
 use keel_rag::records::{
     Attach, ChunkView, FileCounts, FileRecord, IngestJob, IngestStatus, LastError, ListQuery,
     NewChunk, Page, StoreError, StoreFileRecord, StoreRecord,
 };
-use keel_rag::{Attributes, ChunkStrategy, Filter};
+use keel_rag::{Attributes, ChunkStrategy, Filter, RagStore};
 use rusqlite::types::Value as SqlValue;
 use rusqlite::{params, params_from_iter, Connection, OptionalExtension, Row, Transaction};
 use serde_json::{Map, Value};
@@ -187,41 +188,6 @@ impl SqliteStore {
         Ok(())
     }
 
-    // ---- files ----
-
-    pub fn put_file(
-        &self,
-        owner: &str,
-        filename: &str,
-        purpose: &str,
-        bytes: &[u8],
-    ) -> Result<FileRecord, StoreError> {
-        let record = FileRecord {
-            id: new_id("file-"),
-            owner: owner.into(),
-            filename: filename.into(),
-            bytes: bytes.len() as u64,
-            purpose: purpose.into(),
-            created_at: now(),
-        };
-        let path = self.files_dir.join(&record.id);
-        let tmp = path.with_extension("tmp");
-        let write = || -> std::io::Result<()> {
-            let mut f = fs::File::create(&tmp)?;
-            f.write_all(bytes)?;
-            f.sync_all()?;
-            fs::rename(&tmp, &path)
-        };
-        write().map_err(|e| backend(format!("writing {}: {e}", path.display())))?;
-        self.conn()
-            .execute(
-                "INSERT INTO files (id, owner, filename, bytes, purpose, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                params![record.id, owner, filename, record.bytes as i64, purpose, record.created_at],
-            )
-            .map_err(backend)?;
-        Ok(record)
-    }
-
     fn file_row(row: &Row) -> rusqlite::Result<FileRecord> {
         Ok(FileRecord {
             id: row.get(0)?,
@@ -231,114 +197,6 @@ impl SqliteStore {
             purpose: row.get(4)?,
             created_at: row.get(5)?,
         })
-    }
-
-    pub fn file(&self, owner: &str, id: &str) -> Result<FileRecord, StoreError> {
-        self.conn()
-            .query_row(
-                "SELECT id, owner, filename, bytes, purpose, created_at FROM files WHERE id = ?1 AND owner = ?2",
-                params![id, owner],
-                Self::file_row,
-            )
-            .optional()
-            .map_err(backend)?
-            .ok_or_else(|| not_found("file", id))
-    }
-
-    pub fn file_bytes(&self, owner: &str, id: &str) -> Result<Vec<u8>, StoreError> {
-        self.file(owner, id)?;
-        fs::read(self.files_dir.join(id)).map_err(backend)
-    }
-
-    pub fn list_files(
-        &self,
-        owner: &str,
-        purpose: Option<&str>,
-        q: &ListQuery,
-    ) -> Result<Page<FileRecord>, StoreError> {
-        let mut where_sql = "owner = ?1".to_string();
-        let mut args: Vec<SqlValue> = vec![owner.to_owned().into()];
-        if let Some(p) = purpose {
-            args.push(p.to_owned().into());
-            where_sql.push_str(&format!(" AND purpose = ?{}", args.len()));
-        }
-        self.page_by(
-            "SELECT id, owner, filename, bytes, purpose, created_at FROM files",
-            "id",
-            where_sql,
-            args,
-            q,
-            Self::file_row,
-        )
-    }
-
-    /// Deletes a file, its bytes and its chunks in every store.
-    pub fn delete_file(&self, owner: &str, id: &str) -> Result<(), StoreError> {
-        {
-            let mut conn = self.conn();
-            let tx = conn.transaction().map_err(backend)?;
-            let exists = tx
-                .query_row(
-                    "SELECT 1 FROM files WHERE id = ?1 AND owner = ?2",
-                    params![id, owner],
-                    |_| Ok(()),
-                )
-                .optional()
-                .map_err(backend)?;
-            if exists.is_none() {
-                return Err(not_found("file", id));
-            }
-            let stores: Vec<String> = {
-                let mut stmt = tx
-                    .prepare("SELECT store_id FROM store_files WHERE file_id = ?1")
-                    .map_err(backend)?;
-                let rows = stmt.query_map([id], |r| r.get(0)).map_err(backend)?;
-                rows.collect::<Result<_, _>>().map_err(backend)?
-            };
-            let mut removed = Vec::with_capacity(stores.len());
-            for store in &stores {
-                removed.push(delete_chunks(&tx, store, id)?);
-            }
-            tx.execute("DELETE FROM store_files WHERE file_id = ?1", [id])
-                .map_err(backend)?;
-            tx.execute("DELETE FROM files WHERE id = ?1", [id])
-                .map_err(backend)?;
-            tx.commit().map_err(backend)?;
-            for (store, removed) in stores.iter().zip(&removed) {
-                self.update_vectors(store, removed, &[]);
-            }
-        }
-        let _ = fs::remove_file(self.files_dir.join(id));
-        Ok(())
-    }
-
-    // ---- vector stores ----
-
-    pub fn create_store(
-        &self,
-        owner: &str,
-        name: &str,
-        metadata: &Map<String, Value>,
-    ) -> Result<StoreRecord, StoreError> {
-        let id = new_id("vs_");
-        let fts = fts_table(&id)?;
-        let t = now();
-        let mut conn = self.conn();
-        let tx = conn.transaction().map_err(backend)?;
-        tx.execute(
-            "INSERT INTO stores (id, owner, name, metadata, created_at, last_active_at) VALUES (?1, ?2, ?3, ?4, ?5, ?5)",
-            params![id, owner, name, Value::Object(metadata.clone()).to_string(), t],
-        )
-        .map_err(backend)?;
-        // Terms are the analyzer's, already lowercased and split: unicode61 only has to
-        // split them at the spaces.
-        tx.execute_batch(&format!(
-            "CREATE VIRTUAL TABLE {fts} USING fts5(terms, content='', contentless_delete=1, tokenize='unicode61 remove_diacritics 0')"
-        ))
-        .map_err(backend)?;
-        tx.commit().map_err(backend)?;
-        drop(conn);
-        self.store(owner, &id)
     }
 
     fn store_row(row: &Row) -> rusqlite::Result<StoreRecord> {
@@ -368,150 +226,6 @@ impl SqliteStore {
         (SELECT coalesce(sum(f.usage_bytes), 0) FROM store_files f WHERE f.store_id = s.id) \
         FROM stores s";
 
-    pub fn store(&self, owner: &str, id: &str) -> Result<StoreRecord, StoreError> {
-        self.conn()
-            .query_row(
-                &format!("{} WHERE s.id = ?1 AND s.owner = ?2", Self::STORE_SELECT),
-                params![id, owner],
-                Self::store_row,
-            )
-            .optional()
-            .map_err(backend)?
-            .ok_or_else(|| not_found("vector store", id))
-    }
-
-    /// Whether `owner` has the store: the search path's check, without the file counts that
-    /// [`SqliteStore::store`] adds up.
-    pub fn check_store(&self, owner: &str, id: &str) -> Result<(), StoreError> {
-        owned_store(&self.conn(), owner, id)
-    }
-
-    pub fn list_stores(&self, owner: &str, q: &ListQuery) -> Result<Page<StoreRecord>, StoreError> {
-        self.page_by(
-            Self::STORE_SELECT,
-            "s.id",
-            "s.owner = ?1".into(),
-            vec![owner.to_owned().into()],
-            q,
-            Self::store_row,
-        )
-    }
-
-    pub fn update_store(
-        &self,
-        owner: &str,
-        id: &str,
-        name: Option<&str>,
-        metadata: Option<&Map<String, Value>>,
-    ) -> Result<StoreRecord, StoreError> {
-        let changed = self
-            .conn()
-            .execute(
-                "UPDATE stores SET name = coalesce(?3, name), metadata = coalesce(?4, metadata), last_active_at = ?5 \
-                 WHERE id = ?1 AND owner = ?2",
-                params![
-                    id,
-                    owner,
-                    name,
-                    metadata.map(|m| Value::Object(m.clone()).to_string()),
-                    now()
-                ],
-            )
-            .map_err(backend)?;
-        if changed == 0 {
-            return Err(not_found("vector store", id));
-        }
-        self.store(owner, id)
-    }
-
-    /// Deletes a store, its attachments, chunks and index (the files themselves stay).
-    pub fn delete_store(&self, owner: &str, id: &str) -> Result<(), StoreError> {
-        let fts = fts_table(id)?;
-        {
-            let mut conn = self.conn();
-            let tx = conn.transaction().map_err(backend)?;
-            let exists = tx
-                .query_row(
-                    "SELECT 1 FROM stores WHERE id = ?1 AND owner = ?2",
-                    params![id, owner],
-                    |_| Ok(()),
-                )
-                .optional()
-                .map_err(backend)?;
-            if exists.is_none() {
-                return Err(not_found("vector store", id));
-            }
-            tx.execute("DELETE FROM chunks WHERE store_id = ?1", [id])
-                .map_err(backend)?;
-            tx.execute("DELETE FROM store_files WHERE store_id = ?1", [id])
-                .map_err(backend)?;
-            tx.execute(
-                "DELETE FROM batch_files WHERE batch_id IN (SELECT id FROM file_batches WHERE store_id = ?1)",
-                [id],
-            )
-            .map_err(backend)?;
-            tx.execute("DELETE FROM file_batches WHERE store_id = ?1", [id])
-                .map_err(backend)?;
-            tx.execute("DELETE FROM stores WHERE id = ?1", [id])
-                .map_err(backend)?;
-            tx.execute_batch(&format!("DROP TABLE IF EXISTS {fts}"))
-                .map_err(backend)?;
-            tx.commit().map_err(backend)?;
-        }
-        self.forget_vectors(id);
-        Ok(())
-    }
-
-    /// Attachments by status across every store, and chunks stored: what the gauges show.
-    pub fn stats(&self) -> Result<(FileCounts, u64), StoreError> {
-        let conn = self.conn();
-        let mut counts = FileCounts::default();
-        let mut stmt = conn
-            .prepare_cached("SELECT status, count(*) FROM store_files GROUP BY status")
-            .map_err(backend)?;
-        let rows = stmt
-            .query_map([], |r| {
-                Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64))
-            })
-            .map_err(backend)?;
-        for row in rows {
-            let (status, n) = row.map_err(backend)?;
-            match IngestStatus::parse(&status) {
-                Some(IngestStatus::InProgress) => counts.in_progress = n,
-                Some(IngestStatus::Completed) => counts.completed = n,
-                Some(IngestStatus::Failed) => counts.failed = n,
-                Some(IngestStatus::Cancelled) => counts.cancelled = n,
-                None => {}
-            }
-        }
-        let chunks: i64 = conn
-            .query_row("SELECT count(*) FROM chunks", [], |r| r.get(0))
-            .map_err(backend)?;
-        Ok((counts, chunks as u64))
-    }
-
-    // ---- files in stores ----
-
-    /// Attaches files (or re-attaches them: a new generation, status `in_progress`; the old
-    /// chunks stay searchable until the new ones replace them).
-    pub fn attach(
-        &self,
-        owner: &str,
-        store_id: &str,
-        files: &[Attach],
-    ) -> Result<Vec<StoreFileRecord>, StoreError> {
-        {
-            let mut conn = self.conn();
-            let tx = conn.transaction().map_err(backend)?;
-            attach_in(&tx, owner, store_id, files)?;
-            tx.commit().map_err(backend)?;
-        }
-        files
-            .iter()
-            .map(|a| self.store_file(owner, store_id, &a.file_id))
-            .collect()
-    }
-
     fn store_file_row(row: &Row) -> rusqlite::Result<StoreFileRecord> {
         let code: Option<String> = row.get(7)?;
         let message: Option<String> = row.get(8)?;
@@ -539,42 +253,6 @@ impl SqliteStore {
         f.overlap_tokens, f.generation, f.error_code, f.error_message, f.usage_bytes, f.created_at \
         FROM store_files f JOIN stores s ON s.id = f.store_id";
 
-    pub fn store_file(
-        &self,
-        owner: &str,
-        store_id: &str,
-        file_id: &str,
-    ) -> Result<StoreFileRecord, StoreError> {
-        self.conn()
-            .query_row(
-                &format!(
-                    "{} WHERE f.store_id = ?1 AND f.file_id = ?2 AND s.owner = ?3",
-                    Self::STORE_FILE_SELECT
-                ),
-                params![store_id, file_id, owner],
-                Self::store_file_row,
-            )
-            .optional()
-            .map_err(backend)?
-            .ok_or_else(|| not_found("vector store file", file_id))
-    }
-
-    pub fn list_store_files(
-        &self,
-        owner: &str,
-        store_id: &str,
-        status: Option<IngestStatus>,
-        q: &ListQuery,
-    ) -> Result<Page<StoreFileRecord>, StoreError> {
-        owned_store(&self.conn(), owner, store_id)?;
-        self.page_store_files(
-            "f.store_id = ?1".into(),
-            vec![store_id.to_owned().into()],
-            status,
-            q,
-        )
-    }
-
     /// A page of attachments matching `where_sql`, narrowed to `status` when given.
     fn page_store_files(
         &self,
@@ -597,200 +275,6 @@ impl SqliteStore {
         )
     }
 
-    pub fn set_attributes(
-        &self,
-        owner: &str,
-        store_id: &str,
-        file_id: &str,
-        attributes: &Attributes,
-    ) -> Result<StoreFileRecord, StoreError> {
-        self.store_file(owner, store_id, file_id)?;
-        self.conn()
-            .execute(
-                "UPDATE store_files SET attributes = ?3 WHERE store_id = ?1 AND file_id = ?2",
-                params![
-                    store_id,
-                    file_id,
-                    Value::Object(attributes.clone()).to_string()
-                ],
-            )
-            .map_err(backend)?;
-        self.store_file(owner, store_id, file_id)
-    }
-
-    /// Removes a file from a store with its chunks (the file itself stays).
-    pub fn detach(&self, owner: &str, store_id: &str, file_id: &str) -> Result<(), StoreError> {
-        {
-            let mut conn = self.conn();
-            let tx = conn.transaction().map_err(backend)?;
-            owned_store(&tx, owner, store_id)?;
-            let removed = delete_chunks(&tx, store_id, file_id)?;
-            let n = tx
-                .execute(
-                    "DELETE FROM store_files WHERE store_id = ?1 AND file_id = ?2",
-                    params![store_id, file_id],
-                )
-                .map_err(backend)?;
-            if n == 0 {
-                return Err(not_found("vector store file", file_id));
-            }
-            tx.commit().map_err(backend)?;
-            self.update_vectors(store_id, &removed, &[]);
-        }
-        Ok(())
-    }
-
-    // ---- the ingestion queue ----
-
-    /// Leases up to `n` in_progress files whose lease is free or has run out, oldest first.
-    pub fn claim(
-        &self,
-        worker: &str,
-        n: usize,
-        lease: Duration,
-    ) -> Result<Vec<IngestJob>, StoreError> {
-        let t = now_ms();
-        let until = t + lease.as_millis() as i64;
-        let mut conn = self.conn();
-        let tx = conn.transaction().map_err(backend)?;
-        let jobs: Vec<IngestJob> = {
-            let mut stmt = tx
-                .prepare(
-                    "SELECT f.store_id, f.file_id, d.filename, f.generation, f.max_tokens, f.overlap_tokens \
-                     FROM store_files f JOIN files d ON d.id = f.file_id \
-                     WHERE f.status = 'in_progress' AND (f.lease_until IS NULL OR f.lease_until < ?1) \
-                     ORDER BY f.created_at, f.file_id LIMIT ?2",
-                )
-                .map_err(backend)?;
-            let rows = stmt
-                .query_map(params![t, n as i64], |r| {
-                    Ok(IngestJob {
-                        store_id: r.get(0)?,
-                        file_id: r.get(1)?,
-                        filename: r.get(2)?,
-                        generation: r.get(3)?,
-                        strategy: ChunkStrategy {
-                            max_tokens: r.get(4)?,
-                            overlap_tokens: r.get(5)?,
-                        },
-                    })
-                })
-                .map_err(backend)?;
-            rows.collect::<Result<_, _>>().map_err(backend)?
-        };
-        for j in &jobs {
-            tx.execute(
-                "UPDATE store_files SET lease_owner = ?3, lease_until = ?4 WHERE store_id = ?1 AND file_id = ?2",
-                params![j.store_id, j.file_id, worker, until],
-            )
-            .map_err(backend)?;
-        }
-        tx.commit().map_err(backend)?;
-        Ok(jobs)
-    }
-
-    /// Voids every lease: for a process starting on its own data folder, whose previous run
-    /// (killed mid-file) can no longer finish what it held.
-    pub fn release_leases(&self) -> Result<(), StoreError> {
-        self.conn()
-            .execute(
-                "UPDATE store_files SET lease_owner = NULL, lease_until = NULL WHERE status = 'in_progress'",
-                [],
-            )
-            .map_err(backend)?;
-        Ok(())
-    }
-
-    /// The raw bytes of a job's file.
-    pub fn job_bytes(&self, job: &IngestJob) -> Result<Vec<u8>, StoreError> {
-        fs::read(self.files_dir.join(&job.file_id)).map_err(backend)
-    }
-
-    /// Replaces the file's chunks with `chunks` and marks it completed, in one transaction.
-    /// False (and nothing written) when the attachment is gone or was re-attached since.
-    pub fn complete(&self, job: &IngestJob, chunks: &[NewChunk]) -> Result<bool, StoreError> {
-        let fts = fts_table(&job.store_id)?;
-        {
-            let mut conn = self.conn();
-            let tx = conn.transaction().map_err(backend)?;
-            if !current(&tx, job)? {
-                return Ok(false);
-            }
-            let removed = delete_chunks(&tx, &job.store_id, &job.file_id)?;
-            let mut added: Vec<(i64, &[f32])> = Vec::with_capacity(chunks.len());
-            let mut usage = 0u64;
-            {
-                let mut insert = tx
-                    .prepare(
-                        "INSERT INTO chunks (store_id, file_id, ordinal, text, headings, tokens, embedding) \
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-                    )
-                    .map_err(backend)?;
-                let mut index = tx
-                    .prepare(&format!("INSERT INTO {fts} (rowid, terms) VALUES (?1, ?2)"))
-                    .map_err(backend)?;
-                for (ordinal, c) in chunks.iter().enumerate() {
-                    let blob: Vec<u8> = c.embedding.iter().flat_map(|x| x.to_le_bytes()).collect();
-                    insert
-                        .execute(params![
-                            job.store_id,
-                            job.file_id,
-                            ordinal as i64,
-                            c.text,
-                            c.headings,
-                            c.tokens,
-                            blob
-                        ])
-                        .map_err(backend)?;
-                    let rowid = tx.last_insert_rowid();
-                    added.push((rowid, &c.embedding));
-                    let terms = analyze(&format!("{}\n{}", c.headings, c.text)).joined();
-                    index.execute(params![rowid, terms]).map_err(backend)?;
-                    usage += c.text.len() as u64;
-                }
-            }
-            tx.execute(
-                "UPDATE store_files SET status = 'completed', usage_bytes = ?3, lease_owner = NULL, lease_until = NULL \
-                 WHERE store_id = ?1 AND file_id = ?2",
-                params![job.store_id, job.file_id, usage as i64],
-            )
-            .map_err(backend)?;
-            tx.execute(
-                "UPDATE stores SET last_active_at = ?2 WHERE id = ?1",
-                params![job.store_id, now()],
-            )
-            .map_err(backend)?;
-            tx.commit().map_err(backend)?;
-            // Still under the connection's lock: no search can load the store in between.
-            self.update_vectors(&job.store_id, &removed, &added);
-        }
-        Ok(true)
-    }
-
-    /// Marks the file failed; its previous chunks (from an earlier generation) are removed so
-    /// that a failed file is never half-searchable. False when the job is stale.
-    pub fn fail(&self, job: &IngestJob, error: &LastError) -> Result<bool, StoreError> {
-        {
-            let mut conn = self.conn();
-            let tx = conn.transaction().map_err(backend)?;
-            if !current(&tx, job)? {
-                return Ok(false);
-            }
-            let removed = delete_chunks(&tx, &job.store_id, &job.file_id)?;
-            tx.execute(
-                "UPDATE store_files SET status = 'failed', error_code = ?3, error_message = ?4, usage_bytes = 0, \
-                 lease_owner = NULL, lease_until = NULL WHERE store_id = ?1 AND file_id = ?2",
-                params![job.store_id, job.file_id, error.code, error.message],
-            )
-            .map_err(backend)?;
-            tx.commit().map_err(backend)?;
-            self.update_vectors(&job.store_id, &removed, &[]);
-        }
-        Ok(true)
-    }
-
-    // ---- search ----
-
     /// Chunk ids of files in the store that pass `filter`, as an SQL condition on `c`.
     fn filter_clause(filter: Option<&Filter>, args: &mut Vec<SqlValue>) -> String {
         match filter {
@@ -804,116 +288,6 @@ impl SqliteStore {
                 sql
             }
         }
-    }
-
-    /// The `k` chunks most similar to `query` (cosine; vectors are normalised), best first.
-    pub fn dense(
-        &self,
-        store_id: &str,
-        query: &[f32],
-        k: usize,
-        filter: Option<&Filter>,
-    ) -> Result<Vec<(i64, f32)>, StoreError> {
-        let vectors = self.vectors(store_id)?;
-        let allowed = match filter {
-            None => None,
-            Some(_) => {
-                let mut args: Vec<SqlValue> = vec![store_id.to_owned().into()];
-                let clause = Self::filter_clause(filter, &mut args);
-                let conn = self.conn();
-                let mut stmt = conn
-                    .prepare(&format!(
-                        "SELECT c.id FROM chunks c WHERE c.store_id = ?1{clause}"
-                    ))
-                    .map_err(backend)?;
-                let ids = stmt
-                    .query_map(params_from_iter(args), |r| r.get::<_, i64>(0))
-                    .map_err(backend)?
-                    .collect::<Result<std::collections::HashSet<i64>, _>>()
-                    .map_err(backend)?;
-                Some(ids)
-            }
-        };
-        let vectors = vectors.read().unwrap_or_else(|p| p.into_inner());
-        Ok(vectors.top_k(query, k, |id| {
-            allowed.as_ref().is_none_or(|a| a.contains(&id))
-        }))
-    }
-
-    /// The `k` best BM25 matches (FTS5's formula) for the analyzed query `terms`, best first.
-    pub fn bm25(
-        &self,
-        store_id: &str,
-        terms: &[String],
-        k: usize,
-        filter: Option<&Filter>,
-    ) -> Result<Vec<(i64, f64)>, StoreError> {
-        if terms.is_empty() {
-            return Ok(Vec::new());
-        }
-        let fts = fts_table(store_id)?;
-        let query = terms
-            .iter()
-            .map(|t| format!("\"{}\"", t.replace('"', "")))
-            .collect::<Vec<_>>()
-            .join(" OR ");
-        let mut args: Vec<SqlValue> = vec![query.into(), (k as i64).into()];
-        // The FTS table is the store's own, so only a filter needs the chunks table. The
-        // matches are materialised first: with a rowid constraint beside MATCH, SQLite runs
-        // the full-text query once per candidate row (seconds at 10k chunks).
-        let sql = match filter {
-            None => format!(
-                "SELECT rowid, -bm25({fts}) FROM {fts} WHERE {fts} MATCH ?1 ORDER BY bm25({fts}) LIMIT ?2"
-            ),
-            Some(_) => {
-                let clause = Self::filter_clause(filter, &mut args);
-                format!(
-                    "WITH m AS MATERIALIZED (SELECT rowid AS id, bm25({fts}) AS score FROM {fts} WHERE {fts} MATCH ?1) \
-                     SELECT m.id, -m.score FROM m JOIN chunks c ON c.id = m.id WHERE 1{clause} \
-                     ORDER BY m.score LIMIT ?2"
-                )
-            }
-        };
-        let conn = self.conn();
-        let mut stmt = conn.prepare(&sql).map_err(backend)?;
-        let rows = stmt
-            .query_map(params_from_iter(args), |r| {
-                Ok((r.get::<_, i64>(0)?, r.get::<_, f64>(1)?))
-            })
-            .map_err(backend)?;
-        rows.collect::<Result<_, _>>().map_err(backend)
-    }
-
-    /// The chunks with these ids, in the order given, with their file's name and attributes.
-    pub fn chunks(&self, ids: &[i64]) -> Result<Vec<ChunkView>, StoreError> {
-        let conn = self.conn();
-        let mut stmt = conn
-            .prepare(
-                "SELECT c.id, c.store_id, c.file_id, d.filename, c.text, c.headings, f.attributes \
-                 FROM chunks c JOIN files d ON d.id = c.file_id \
-                 JOIN store_files f ON f.store_id = c.store_id AND f.file_id = c.file_id WHERE c.id = ?1",
-            )
-            .map_err(backend)?;
-        let mut out = Vec::with_capacity(ids.len());
-        for id in ids {
-            let view = stmt
-                .query_row([id], |r| {
-                    Ok(ChunkView {
-                        id: r.get(0)?,
-                        store_id: r.get(1)?,
-                        file_id: r.get(2)?,
-                        filename: r.get(3)?,
-                        text: r.get(4)?,
-                        headings: r.get(5)?,
-                        attributes: json_map(&r.get::<_, String>(6)?),
-                    })
-                })
-                .optional()
-                .map_err(backend)?;
-            // A chunk deleted between the legs and this read is simply not returned.
-            out.extend(view);
-        }
-        Ok(out)
     }
 
     /// The store's vectors, loaded on first use. Loading and inserting happen under the
@@ -1004,6 +378,658 @@ impl SqliteStore {
             items.reverse();
         }
         Ok(Page { items, has_more })
+    }
+}
+
+impl RagStore for SqliteStore {
+    fn put_file(
+        &self,
+        owner: &str,
+        filename: &str,
+        purpose: &str,
+        bytes: &[u8],
+    ) -> Result<FileRecord, StoreError> {
+        let record = FileRecord {
+            id: new_id("file-"),
+            owner: owner.into(),
+            filename: filename.into(),
+            bytes: bytes.len() as u64,
+            purpose: purpose.into(),
+            created_at: now(),
+        };
+        let path = self.files_dir.join(&record.id);
+        let tmp = path.with_extension("tmp");
+        let write = || -> std::io::Result<()> {
+            let mut f = fs::File::create(&tmp)?;
+            f.write_all(bytes)?;
+            f.sync_all()?;
+            fs::rename(&tmp, &path)
+        };
+        write().map_err(|e| backend(format!("writing {}: {e}", path.display())))?;
+        self.conn()
+            .execute(
+                "INSERT INTO files (id, owner, filename, bytes, purpose, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![record.id, owner, filename, record.bytes as i64, purpose, record.created_at],
+            )
+            .map_err(backend)?;
+        Ok(record)
+    }
+
+    fn file(&self, owner: &str, id: &str) -> Result<FileRecord, StoreError> {
+        self.conn()
+            .query_row(
+                "SELECT id, owner, filename, bytes, purpose, created_at FROM files WHERE id = ?1 AND owner = ?2",
+                params![id, owner],
+                Self::file_row,
+            )
+            .optional()
+            .map_err(backend)?
+            .ok_or_else(|| not_found("file", id))
+    }
+
+    fn file_bytes(&self, owner: &str, id: &str) -> Result<Vec<u8>, StoreError> {
+        self.file(owner, id)?;
+        fs::read(self.files_dir.join(id)).map_err(backend)
+    }
+
+    fn list_files(
+        &self,
+        owner: &str,
+        purpose: Option<&str>,
+        q: &ListQuery,
+    ) -> Result<Page<FileRecord>, StoreError> {
+        let mut where_sql = "owner = ?1".to_string();
+        let mut args: Vec<SqlValue> = vec![owner.to_owned().into()];
+        if let Some(p) = purpose {
+            args.push(p.to_owned().into());
+            where_sql.push_str(&format!(" AND purpose = ?{}", args.len()));
+        }
+        self.page_by(
+            "SELECT id, owner, filename, bytes, purpose, created_at FROM files",
+            "id",
+            where_sql,
+            args,
+            q,
+            Self::file_row,
+        )
+    }
+
+    /// Deletes a file, its bytes and its chunks in every store.
+    fn delete_file(&self, owner: &str, id: &str) -> Result<(), StoreError> {
+        {
+            let mut conn = self.conn();
+            let tx = conn.transaction().map_err(backend)?;
+            let exists = tx
+                .query_row(
+                    "SELECT 1 FROM files WHERE id = ?1 AND owner = ?2",
+                    params![id, owner],
+                    |_| Ok(()),
+                )
+                .optional()
+                .map_err(backend)?;
+            if exists.is_none() {
+                return Err(not_found("file", id));
+            }
+            let stores: Vec<String> = {
+                let mut stmt = tx
+                    .prepare("SELECT store_id FROM store_files WHERE file_id = ?1")
+                    .map_err(backend)?;
+                let rows = stmt.query_map([id], |r| r.get(0)).map_err(backend)?;
+                rows.collect::<Result<_, _>>().map_err(backend)?
+            };
+            let mut removed = Vec::with_capacity(stores.len());
+            for store in &stores {
+                removed.push(delete_chunks(&tx, store, id)?);
+            }
+            tx.execute("DELETE FROM store_files WHERE file_id = ?1", [id])
+                .map_err(backend)?;
+            tx.execute("DELETE FROM files WHERE id = ?1", [id])
+                .map_err(backend)?;
+            tx.commit().map_err(backend)?;
+            for (store, removed) in stores.iter().zip(&removed) {
+                self.update_vectors(store, removed, &[]);
+            }
+        }
+        let _ = fs::remove_file(self.files_dir.join(id));
+        Ok(())
+    }
+
+    fn create_store(
+        &self,
+        owner: &str,
+        name: &str,
+        metadata: &Map<String, Value>,
+    ) -> Result<StoreRecord, StoreError> {
+        let id = new_id("vs_");
+        let fts = fts_table(&id)?;
+        let t = now();
+        let mut conn = self.conn();
+        let tx = conn.transaction().map_err(backend)?;
+        tx.execute(
+            "INSERT INTO stores (id, owner, name, metadata, created_at, last_active_at) VALUES (?1, ?2, ?3, ?4, ?5, ?5)",
+            params![id, owner, name, Value::Object(metadata.clone()).to_string(), t],
+        )
+        .map_err(backend)?;
+        // Terms are the analyzer's, already lowercased and split: unicode61 only has to
+        // split them at the spaces.
+        tx.execute_batch(&format!(
+            "CREATE VIRTUAL TABLE {fts} USING fts5(terms, content='', contentless_delete=1, tokenize='unicode61 remove_diacritics 0')"
+        ))
+        .map_err(backend)?;
+        tx.commit().map_err(backend)?;
+        drop(conn);
+        self.store(owner, &id)
+    }
+
+    fn store(&self, owner: &str, id: &str) -> Result<StoreRecord, StoreError> {
+        self.conn()
+            .query_row(
+                &format!("{} WHERE s.id = ?1 AND s.owner = ?2", Self::STORE_SELECT),
+                params![id, owner],
+                Self::store_row,
+            )
+            .optional()
+            .map_err(backend)?
+            .ok_or_else(|| not_found("vector store", id))
+    }
+
+    /// Whether `owner` has the store: the search path's check, without the file counts that
+    /// [`SqliteStore::store`] adds up.
+    fn check_store(&self, owner: &str, id: &str) -> Result<(), StoreError> {
+        owned_store(&self.conn(), owner, id)
+    }
+
+    fn list_stores(&self, owner: &str, q: &ListQuery) -> Result<Page<StoreRecord>, StoreError> {
+        self.page_by(
+            Self::STORE_SELECT,
+            "s.id",
+            "s.owner = ?1".into(),
+            vec![owner.to_owned().into()],
+            q,
+            Self::store_row,
+        )
+    }
+
+    fn update_store(
+        &self,
+        owner: &str,
+        id: &str,
+        name: Option<&str>,
+        metadata: Option<&Map<String, Value>>,
+    ) -> Result<StoreRecord, StoreError> {
+        let changed = self
+            .conn()
+            .execute(
+                "UPDATE stores SET name = coalesce(?3, name), metadata = coalesce(?4, metadata), last_active_at = ?5 \
+                 WHERE id = ?1 AND owner = ?2",
+                params![
+                    id,
+                    owner,
+                    name,
+                    metadata.map(|m| Value::Object(m.clone()).to_string()),
+                    now()
+                ],
+            )
+            .map_err(backend)?;
+        if changed == 0 {
+            return Err(not_found("vector store", id));
+        }
+        self.store(owner, id)
+    }
+
+    /// Deletes a store, its attachments, chunks and index (the files themselves stay).
+    fn delete_store(&self, owner: &str, id: &str) -> Result<(), StoreError> {
+        let fts = fts_table(id)?;
+        {
+            let mut conn = self.conn();
+            let tx = conn.transaction().map_err(backend)?;
+            let exists = tx
+                .query_row(
+                    "SELECT 1 FROM stores WHERE id = ?1 AND owner = ?2",
+                    params![id, owner],
+                    |_| Ok(()),
+                )
+                .optional()
+                .map_err(backend)?;
+            if exists.is_none() {
+                return Err(not_found("vector store", id));
+            }
+            tx.execute("DELETE FROM chunks WHERE store_id = ?1", [id])
+                .map_err(backend)?;
+            tx.execute("DELETE FROM store_files WHERE store_id = ?1", [id])
+                .map_err(backend)?;
+            tx.execute(
+                "DELETE FROM batch_files WHERE batch_id IN (SELECT id FROM file_batches WHERE store_id = ?1)",
+                [id],
+            )
+            .map_err(backend)?;
+            tx.execute("DELETE FROM file_batches WHERE store_id = ?1", [id])
+                .map_err(backend)?;
+            tx.execute("DELETE FROM stores WHERE id = ?1", [id])
+                .map_err(backend)?;
+            tx.execute_batch(&format!("DROP TABLE IF EXISTS {fts}"))
+                .map_err(backend)?;
+            tx.commit().map_err(backend)?;
+        }
+        self.forget_vectors(id);
+        Ok(())
+    }
+
+    /// Attachments by status across every store, and chunks stored: what the gauges show.
+    fn stats(&self) -> Result<(FileCounts, u64), StoreError> {
+        let conn = self.conn();
+        let mut counts = FileCounts::default();
+        let mut stmt = conn
+            .prepare_cached("SELECT status, count(*) FROM store_files GROUP BY status")
+            .map_err(backend)?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64))
+            })
+            .map_err(backend)?;
+        for row in rows {
+            let (status, n) = row.map_err(backend)?;
+            match IngestStatus::parse(&status) {
+                Some(IngestStatus::InProgress) => counts.in_progress = n,
+                Some(IngestStatus::Completed) => counts.completed = n,
+                Some(IngestStatus::Failed) => counts.failed = n,
+                Some(IngestStatus::Cancelled) => counts.cancelled = n,
+                None => {}
+            }
+        }
+        let chunks: i64 = conn
+            .query_row("SELECT count(*) FROM chunks", [], |r| r.get(0))
+            .map_err(backend)?;
+        Ok((counts, chunks as u64))
+    }
+
+    /// Attaches files (or re-attaches them: a new generation, status `in_progress`; the old
+    /// chunks stay searchable until the new ones replace them).
+    fn attach(
+        &self,
+        owner: &str,
+        store_id: &str,
+        files: &[Attach],
+    ) -> Result<Vec<StoreFileRecord>, StoreError> {
+        {
+            let mut conn = self.conn();
+            let tx = conn.transaction().map_err(backend)?;
+            attach_in(&tx, owner, store_id, files)?;
+            tx.commit().map_err(backend)?;
+        }
+        files
+            .iter()
+            .map(|a| self.store_file(owner, store_id, &a.file_id))
+            .collect()
+    }
+
+    fn store_file(
+        &self,
+        owner: &str,
+        store_id: &str,
+        file_id: &str,
+    ) -> Result<StoreFileRecord, StoreError> {
+        self.conn()
+            .query_row(
+                &format!(
+                    "{} WHERE f.store_id = ?1 AND f.file_id = ?2 AND s.owner = ?3",
+                    Self::STORE_FILE_SELECT
+                ),
+                params![store_id, file_id, owner],
+                Self::store_file_row,
+            )
+            .optional()
+            .map_err(backend)?
+            .ok_or_else(|| not_found("vector store file", file_id))
+    }
+
+    fn list_store_files(
+        &self,
+        owner: &str,
+        store_id: &str,
+        status: Option<IngestStatus>,
+        q: &ListQuery,
+    ) -> Result<Page<StoreFileRecord>, StoreError> {
+        owned_store(&self.conn(), owner, store_id)?;
+        self.page_store_files(
+            "f.store_id = ?1".into(),
+            vec![store_id.to_owned().into()],
+            status,
+            q,
+        )
+    }
+
+    fn set_attributes(
+        &self,
+        owner: &str,
+        store_id: &str,
+        file_id: &str,
+        attributes: &Attributes,
+    ) -> Result<StoreFileRecord, StoreError> {
+        self.store_file(owner, store_id, file_id)?;
+        self.conn()
+            .execute(
+                "UPDATE store_files SET attributes = ?3 WHERE store_id = ?1 AND file_id = ?2",
+                params![
+                    store_id,
+                    file_id,
+                    Value::Object(attributes.clone()).to_string()
+                ],
+            )
+            .map_err(backend)?;
+        self.store_file(owner, store_id, file_id)
+    }
+
+    /// Removes a file from a store with its chunks (the file itself stays).
+    fn detach(&self, owner: &str, store_id: &str, file_id: &str) -> Result<(), StoreError> {
+        {
+            let mut conn = self.conn();
+            let tx = conn.transaction().map_err(backend)?;
+            owned_store(&tx, owner, store_id)?;
+            let removed = delete_chunks(&tx, store_id, file_id)?;
+            let n = tx
+                .execute(
+                    "DELETE FROM store_files WHERE store_id = ?1 AND file_id = ?2",
+                    params![store_id, file_id],
+                )
+                .map_err(backend)?;
+            if n == 0 {
+                return Err(not_found("vector store file", file_id));
+            }
+            tx.commit().map_err(backend)?;
+            self.update_vectors(store_id, &removed, &[]);
+        }
+        Ok(())
+    }
+
+    /// Leases up to `n` in_progress files whose lease is free or has run out, oldest first.
+    fn claim(&self, worker: &str, n: usize, lease: Duration) -> Result<Vec<IngestJob>, StoreError> {
+        let t = now_ms();
+        let until = t + lease.as_millis() as i64;
+        let mut conn = self.conn();
+        let tx = conn.transaction().map_err(backend)?;
+        let jobs: Vec<IngestJob> = {
+            let mut stmt = tx
+                .prepare(
+                    "SELECT f.store_id, f.file_id, d.filename, f.generation, f.max_tokens, f.overlap_tokens \
+                     FROM store_files f JOIN files d ON d.id = f.file_id \
+                     WHERE f.status = 'in_progress' AND (f.lease_until IS NULL OR f.lease_until < ?1) \
+                     ORDER BY f.created_at, f.file_id LIMIT ?2",
+                )
+                .map_err(backend)?;
+            let rows = stmt
+                .query_map(params![t, n as i64], |r| {
+                    Ok(IngestJob {
+                        store_id: r.get(0)?,
+                        file_id: r.get(1)?,
+                        filename: r.get(2)?,
+                        generation: r.get(3)?,
+                        strategy: ChunkStrategy {
+                            max_tokens: r.get(4)?,
+                            overlap_tokens: r.get(5)?,
+                        },
+                    })
+                })
+                .map_err(backend)?;
+            rows.collect::<Result<_, _>>().map_err(backend)?
+        };
+        for j in &jobs {
+            tx.execute(
+                "UPDATE store_files SET lease_owner = ?3, lease_until = ?4 WHERE store_id = ?1 AND file_id = ?2",
+                params![j.store_id, j.file_id, worker, until],
+            )
+            .map_err(backend)?;
+        }
+        tx.commit().map_err(backend)?;
+        Ok(jobs)
+    }
+
+    /// Voids every lease: for a process starting on its own data folder, whose previous run
+    /// (killed mid-file) can no longer finish what it held.
+    fn release_leases(&self) -> Result<(), StoreError> {
+        self.conn()
+            .execute(
+                "UPDATE store_files SET lease_owner = NULL, lease_until = NULL WHERE status = 'in_progress'",
+                [],
+            )
+            .map_err(backend)?;
+        Ok(())
+    }
+
+    /// The raw bytes of a job's file.
+    fn job_bytes(&self, job: &IngestJob) -> Result<Vec<u8>, StoreError> {
+        fs::read(self.files_dir.join(&job.file_id)).map_err(backend)
+    }
+
+    /// Replaces the file's chunks with `chunks` and marks it completed, in one transaction.
+    /// False (and nothing written) when the attachment is gone or was re-attached since.
+    fn complete(&self, job: &IngestJob, chunks: &[NewChunk]) -> Result<bool, StoreError> {
+        let fts = fts_table(&job.store_id)?;
+        {
+            let mut conn = self.conn();
+            let tx = conn.transaction().map_err(backend)?;
+            if !current(&tx, job)? {
+                return Ok(false);
+            }
+            let removed = delete_chunks(&tx, &job.store_id, &job.file_id)?;
+            let mut added: Vec<(i64, &[f32])> = Vec::with_capacity(chunks.len());
+            let mut usage = 0u64;
+            {
+                let mut insert = tx
+                    .prepare(
+                        "INSERT INTO chunks (store_id, file_id, ordinal, text, headings, tokens, embedding) \
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                    )
+                    .map_err(backend)?;
+                let mut index = tx
+                    .prepare(&format!("INSERT INTO {fts} (rowid, terms) VALUES (?1, ?2)"))
+                    .map_err(backend)?;
+                for (ordinal, c) in chunks.iter().enumerate() {
+                    let blob: Vec<u8> = c.embedding.iter().flat_map(|x| x.to_le_bytes()).collect();
+                    insert
+                        .execute(params![
+                            job.store_id,
+                            job.file_id,
+                            ordinal as i64,
+                            c.text,
+                            c.headings,
+                            c.tokens,
+                            blob
+                        ])
+                        .map_err(backend)?;
+                    let rowid = tx.last_insert_rowid();
+                    added.push((rowid, &c.embedding));
+                    let terms = analyze(&format!("{}\n{}", c.headings, c.text)).joined();
+                    index.execute(params![rowid, terms]).map_err(backend)?;
+                    usage += c.text.len() as u64;
+                }
+            }
+            tx.execute(
+                "UPDATE store_files SET status = 'completed', usage_bytes = ?3, lease_owner = NULL, lease_until = NULL \
+                 WHERE store_id = ?1 AND file_id = ?2",
+                params![job.store_id, job.file_id, usage as i64],
+            )
+            .map_err(backend)?;
+            tx.execute(
+                "UPDATE stores SET last_active_at = ?2 WHERE id = ?1",
+                params![job.store_id, now()],
+            )
+            .map_err(backend)?;
+            tx.commit().map_err(backend)?;
+            // Still under the connection's lock: no search can load the store in between.
+            self.update_vectors(&job.store_id, &removed, &added);
+        }
+        Ok(true)
+    }
+
+    /// Marks the file failed; its previous chunks (from an earlier generation) are removed so
+    /// that a failed file is never half-searchable. False when the job is stale.
+    fn fail(&self, job: &IngestJob, error: &LastError) -> Result<bool, StoreError> {
+        {
+            let mut conn = self.conn();
+            let tx = conn.transaction().map_err(backend)?;
+            if !current(&tx, job)? {
+                return Ok(false);
+            }
+            let removed = delete_chunks(&tx, &job.store_id, &job.file_id)?;
+            tx.execute(
+                "UPDATE store_files SET status = 'failed', error_code = ?3, error_message = ?4, usage_bytes = 0, \
+                 lease_owner = NULL, lease_until = NULL WHERE store_id = ?1 AND file_id = ?2",
+                params![job.store_id, job.file_id, error.code, error.message],
+            )
+            .map_err(backend)?;
+            tx.commit().map_err(backend)?;
+            self.update_vectors(&job.store_id, &removed, &[]);
+        }
+        Ok(true)
+    }
+
+    /// The `k` chunks most similar to `query` (cosine; vectors are normalised), best first.
+    fn dense(
+        &self,
+        store_id: &str,
+        query: &[f32],
+        k: usize,
+        filter: Option<&Filter>,
+    ) -> Result<Vec<(i64, f32)>, StoreError> {
+        let vectors = self.vectors(store_id)?;
+        let allowed = match filter {
+            None => None,
+            Some(_) => {
+                let mut args: Vec<SqlValue> = vec![store_id.to_owned().into()];
+                let clause = Self::filter_clause(filter, &mut args);
+                let conn = self.conn();
+                let mut stmt = conn
+                    .prepare(&format!(
+                        "SELECT c.id FROM chunks c WHERE c.store_id = ?1{clause}"
+                    ))
+                    .map_err(backend)?;
+                let ids = stmt
+                    .query_map(params_from_iter(args), |r| r.get::<_, i64>(0))
+                    .map_err(backend)?
+                    .collect::<Result<std::collections::HashSet<i64>, _>>()
+                    .map_err(backend)?;
+                Some(ids)
+            }
+        };
+        let vectors = vectors.read().unwrap_or_else(|p| p.into_inner());
+        Ok(vectors.top_k(query, k, |id| {
+            allowed.as_ref().is_none_or(|a| a.contains(&id))
+        }))
+    }
+
+    /// The `k` best BM25 matches (FTS5's formula) for the analyzed query `terms`, best first.
+    fn bm25(
+        &self,
+        store_id: &str,
+        terms: &[String],
+        k: usize,
+        filter: Option<&Filter>,
+    ) -> Result<Vec<(i64, f64)>, StoreError> {
+        if terms.is_empty() {
+            return Ok(Vec::new());
+        }
+        let fts = fts_table(store_id)?;
+        let query = terms
+            .iter()
+            .map(|t| format!("\"{}\"", t.replace('"', "")))
+            .collect::<Vec<_>>()
+            .join(" OR ");
+        let mut args: Vec<SqlValue> = vec![query.into(), (k as i64).into()];
+        // The FTS table is the store's own, so only a filter needs the chunks table. The
+        // matches are materialised first: with a rowid constraint beside MATCH, SQLite runs
+        // the full-text query once per candidate row (seconds at 10k chunks).
+        let sql = match filter {
+            None => format!(
+                "SELECT rowid, -bm25({fts}) FROM {fts} WHERE {fts} MATCH ?1 ORDER BY bm25({fts}) LIMIT ?2"
+            ),
+            Some(_) => {
+                let clause = Self::filter_clause(filter, &mut args);
+                format!(
+                    "WITH m AS MATERIALIZED (SELECT rowid AS id, bm25({fts}) AS score FROM {fts} WHERE {fts} MATCH ?1) \
+                     SELECT m.id, -m.score FROM m JOIN chunks c ON c.id = m.id WHERE 1{clause} \
+                     ORDER BY m.score LIMIT ?2"
+                )
+            }
+        };
+        let conn = self.conn();
+        let mut stmt = conn.prepare(&sql).map_err(backend)?;
+        let rows = stmt
+            .query_map(params_from_iter(args), |r| {
+                Ok((r.get::<_, i64>(0)?, r.get::<_, f64>(1)?))
+            })
+            .map_err(backend)?;
+        rows.collect::<Result<_, _>>().map_err(backend)
+    }
+
+    /// The chunks with these ids, in the order given, with their file's name and attributes.
+    fn chunks(&self, ids: &[i64]) -> Result<Vec<ChunkView>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare(
+                "SELECT c.id, c.store_id, c.file_id, d.filename, c.text, c.headings, f.attributes \
+                 FROM chunks c JOIN files d ON d.id = c.file_id \
+                 JOIN store_files f ON f.store_id = c.store_id AND f.file_id = c.file_id WHERE c.id = ?1",
+            )
+            .map_err(backend)?;
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            let view = stmt
+                .query_row([id], |r| {
+                    Ok(ChunkView {
+                        id: r.get(0)?,
+                        store_id: r.get(1)?,
+                        file_id: r.get(2)?,
+                        filename: r.get(3)?,
+                        text: r.get(4)?,
+                        headings: r.get(5)?,
+                        attributes: json_map(&r.get::<_, String>(6)?),
+                    })
+                })
+                .optional()
+                .map_err(backend)?;
+            // A chunk deleted between the legs and this read is simply not returned.
+            out.extend(view);
+        }
+        Ok(out)
+    }
+
+    fn create_batch(
+        &self,
+        owner: &str,
+        store_id: &str,
+        files: &[Attach],
+    ) -> Result<BatchRecord, StoreError> {
+        batches::create(self, owner, store_id, files)
+    }
+
+    fn batch(
+        &self,
+        owner: &str,
+        store_id: &str,
+        batch_id: &str,
+    ) -> Result<BatchRecord, StoreError> {
+        batches::get(self, owner, store_id, batch_id)
+    }
+
+    fn cancel_batch(
+        &self,
+        owner: &str,
+        store_id: &str,
+        batch_id: &str,
+    ) -> Result<BatchRecord, StoreError> {
+        batches::cancel(self, owner, store_id, batch_id)
+    }
+
+    fn list_batch_files(
+        &self,
+        owner: &str,
+        store_id: &str,
+        batch_id: &str,
+        status: Option<IngestStatus>,
+        q: &ListQuery,
+    ) -> Result<Page<StoreFileRecord>, StoreError> {
+        batches::list_files(self, owner, store_id, batch_id, status, q)
     }
 }
 

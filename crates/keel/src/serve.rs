@@ -86,7 +86,7 @@ async fn serve(settings: Settings, metrics: PrometheusHandle) -> anyhow::Result<
     }
 
     let limiter = limiter(&settings.rate_limits)?;
-    let rag = rag_service(&settings, &registry)?;
+    let rag = rag_service(&settings, &registry).await?;
     let state = AppState {
         registry: registry.clone(),
         limits: Limits {
@@ -170,7 +170,7 @@ async fn serve(settings: Settings, metrics: PrometheusHandle) -> anyhow::Result<
 /// refused (403) when they would be open to the network without a key. Without an embedding
 /// model there is nothing to index with, so the store is not opened at all: replicas that
 /// serve only classifiers never contend for one directory.
-fn rag_service(
+async fn rag_service(
     settings: &Settings,
     registry: &Arc<ModelRegistry>,
 ) -> anyhow::Result<Option<keel_http::Rag>> {
@@ -179,12 +179,21 @@ fn rag_service(
         tracing::info!("RAG off: no embedding model is configured");
         return Ok(None);
     }
-    let store = keel_store_sqlite::SqliteStore::open(&r.storage_dir).map_err(|e| {
-        anyhow::anyhow!(
-            "opening the RAG store in {} (PERSISTENT_STORAGE_DIR): {e}",
-            r.storage_dir.display()
-        )
-    })?;
+    let store: Arc<dyn keel_rag::RagStore> = match &r.database_url {
+        Some(url) => Arc::new(
+            keel_store_postgres::PgStore::connect(&url.0, r.database_connections)
+                .await
+                .map_err(|e| anyhow::anyhow!("opening the RAG store in DATABASE_URL: {e}"))?,
+        ),
+        None => Arc::new(
+            keel_store_sqlite::SqliteStore::open(&r.storage_dir).map_err(|e| {
+                anyhow::anyhow!(
+                    "opening the RAG store in {} (PERSISTENT_STORAGE_DIR): {e}",
+                    r.storage_dir.display()
+                )
+            })?,
+        ),
+    };
     // PDFs are read by this same binary, run as `keel extract-pdf` under its own limits.
     let pdf = std::env::current_exe()
         .map_err(|e| tracing::warn!(error = %e, "PDFs will be refused: the keel binary's path is unknown"))
@@ -192,13 +201,21 @@ fn rag_service(
         .map(keel_retrieval::pdf::PdfExtractor::new);
     let service =
         keel_retrieval::Retrieval::new(store, registry.clone(), r.embedding_model.clone(), pdf);
-    service.spawn_workers(r.ingest_workers);
+    service.spawn_workers(r.ingest_workers, r.ingest_lease);
     let open = settings.api_keys.is_empty() && !settings.host.is_loopback() && !r.allow_open;
     let refused = open.then_some(
         "the files and vector-store routes need an API key: set KEEL_API_KEYS, listen on a \
          loopback HOST, or set KEEL_ALLOW_OPEN_RAG=true to serve them open",
     );
-    tracing::info!(dir = %r.storage_dir.display(), open_refused = refused.is_some(), "RAG store ready");
+    match r.database_url {
+        Some(_) => tracing::info!(
+            store = "postgres",
+            open_refused = refused.is_some(),
+            "RAG store ready"
+        ),
+        None => tracing::info!(store = "embedded", dir = %r.storage_dir.display(),
+            open_refused = refused.is_some(), "RAG store ready"),
+    }
     Ok(Some(keel_http::Rag {
         service,
         max_file_bytes: r.max_file_bytes,

@@ -100,6 +100,18 @@ fn key_file_line(line: &str) -> Option<KeyEntry> {
     Some(KeyEntry::new(hash, limits))
 }
 
+/// DATABASE_URL, checked for its scheme here; the connection is tried at startup, where a
+/// failure names the setting without repeating the URL (it carries the password).
+pub fn database_url(env: &Env) -> Result<Option<Secret>, SettingError> {
+    match env.text(&DATABASE_URL) {
+        None => Ok(None),
+        Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+            Ok(Some(Secret(url.to_string())))
+        }
+        Some(_) => Err(env.error(&DATABASE_URL, "a postgres:// or postgresql:// URL")),
+    }
+}
+
 pub fn rate_limits(env: &Env, keys: &ApiKeys) -> Result<RateLimits, SettingError> {
     let redis_url = match env.text(&REDIS_URL) {
         None => None,

@@ -43,9 +43,13 @@ pub enum BackendKind {
 #[derive(Debug, Clone)]
 pub struct RagSettings {
     pub storage_dir: PathBuf,
+    /// PostgreSQL with pgvector instead of the embedded store: replicas share it.
+    pub database_url: Option<access::Secret>,
+    pub database_connections: u32,
     pub max_file_bytes: usize,
     pub embedding_model: Option<String>,
     pub ingest_workers: usize,
+    pub ingest_lease: Duration,
     /// Serve the RAG routes open to the network without keys.
     pub allow_open: bool,
 }
@@ -163,9 +167,12 @@ impl Settings {
             max_image_pixels: env.number(&MAX_IMAGE_PIXELS)?,
             rag: RagSettings {
                 storage_dir: PathBuf::from(env.text(&PERSISTENT_STORAGE_DIR).unwrap_or("./data")),
+                database_url: access::database_url(&env)?,
+                database_connections: env.count(&RAG_DATABASE_CONNECTIONS)? as u32,
                 max_file_bytes: env.count(&MAX_FILE_BYTES)?,
                 embedding_model: env.text(&RAG_EMBEDDING_MODEL).map(str::to_owned),
                 ingest_workers: env.count(&RAG_INGEST_WORKERS)?,
+                ingest_lease: env.millis(&RAG_INGEST_LEASE_MS)?,
                 allow_open: env.flag(&KEEL_ALLOW_OPEN_RAG)?,
             },
             max_input_tokens: env.optional_number(&MAX_INPUT_TOKENS)?.map(|n| n as usize),
@@ -312,9 +319,12 @@ impl Settings {
             "max_image_bytes": self.max_image_bytes,
             "max_image_pixels": self.max_image_pixels,
             "persistent_storage_dir": self.rag.storage_dir.display().to_string(),
+            "rag_store": if self.rag.database_url.is_some() { "postgres" } else { "embedded" },
+            "rag_database_connections": self.rag.database_connections,
             "max_file_bytes": self.rag.max_file_bytes,
             "rag_embedding_model": self.rag.embedding_model,
             "rag_ingest_workers": self.rag.ingest_workers,
+            "rag_ingest_lease_ms": self.rag.ingest_lease.as_millis() as u64,
             "allow_open_rag": self.rag.allow_open,
         });
         if let (Some(all), serde_json::Value::Object(more)) = (values.as_object_mut(), more) {
@@ -365,6 +375,10 @@ mod tests {
             ("OPENAI_API_KEY", "sk-openai-secret"),
             ("ANTHROPIC_API_KEY", "sk-ant-secret"),
             ("REDIS_URL", "redis://:redis-secret@127.0.0.1:6379"),
+            (
+                "DATABASE_URL",
+                "postgres://keel:pg-secret@127.0.0.1:5432/keel",
+            ),
         ];
         for var in ALL.iter().filter(|v| v.secret) {
             assert!(
@@ -382,6 +396,7 @@ mod tests {
             "sk-openai-secret",
             "sk-ant-secret",
             "redis-secret",
+            "pg-secret",
         ] {
             assert!(!shown.contains(secret), "{secret} leaked");
         }

@@ -443,6 +443,17 @@ declare! {
         kind: Kind::Text { default: Value("./data") },
         secret: false, show: Shown("persistent_storage_dir"),
     }
+    DATABASE_URL {
+        help: "keep the RAG store in this PostgreSQL with pgvector (postgres://user:password@host:port/db), \
+               shared by every replica; unset: the embedded store under PERSISTENT_STORAGE_DIR",
+        kind: Kind::Text { default: Unset },
+        secret: true, show: Summary("rag_store"),
+    }
+    RAG_DATABASE_CONNECTIONS {
+        help: "most connections this replica opens to DATABASE_URL",
+        kind: Kind::Number { default: Value(8), min: 1, max: 1000, unit: "" },
+        secret: false, show: Shown("rag_database_connections"),
+    }
     MAX_FILE_BYTES {
         help: "largest file upload to /v1/files (413 file_too_large past it)",
         kind: Kind::Number { default: Value(33_554_432), min: 1, max: 1 << 31, unit: "bytes" },
@@ -458,6 +469,12 @@ declare! {
         help: "files ingested at once (extraction, chunking and embedding in the background)",
         kind: Kind::Number { default: Value(2), min: 1, max: 64, unit: "files" },
         secret: false, show: Shown("rag_ingest_workers"),
+    }
+    RAG_INGEST_LEASE_MS {
+        help: "how long a worker holds a file it is ingesting before another (in any replica \
+               sharing DATABASE_URL) may take it: what a replica killed mid-file delays that file",
+        kind: Kind::Number { default: Value(60_000), min: 1_000, max: 3_600_000, unit: "ms" },
+        secret: false, show: Shown("rag_ingest_lease_ms"),
     }
     KEEL_ALLOW_OPEN_RAG {
         help: "serve the files and vector-store routes with no API keys set on a HOST that is \
