@@ -3,7 +3,9 @@ BM25 alone and the hybrid fusion, through the real server and the OpenAI SDK.
 
     python bench/rag_judged.py [--keel target/debug/keel] [--out bench/rag-judged.json]
 
-Starts Keel with the default embedding model on a temporary store, uploads the 76 documents
+Runs twice, on the embedded store and on PostgreSQL with pgvector (tests/pg_server.py), and
+reports the largest difference between them. Each run starts Keel with the default embedding
+model on a fresh store, uploads the 76 documents
 of Flask 3.1.3's docs (scripts/fetch-rag-corpus.sh), waits for ingestion, then asks each
 question of tests/fixtures/rag/flask-questions.json three times with the legs weighted
 1/0, 0/1 and 1/1. Documents are ranked by their best chunk among 50 results.
@@ -60,16 +62,10 @@ def doc_ranking(hits, doc_of):
     return seen
 
 
-def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--keel", default=str(ROOT / "target" / "debug" / "keel"))
-    ap.add_argument("--out", default=str(ROOT / "bench" / "rag-judged.json"))
-    args = ap.parse_args()
-    if not (CORPUS / "index.rst").exists():
-        subprocess.run(["bash", str(ROOT / "scripts" / "fetch-rag-corpus.sh")], check=True)
-    judged = json.loads(QUESTIONS.read_text())["questions"]
+def evaluate(binary, judged, extra_env=None):
+    """Ingests the corpus into a fresh store of a new server and scores every mode."""
     with tempfile.TemporaryDirectory() as storage:
-        proc, base = start(args.keel, storage)
+        proc, base = start(binary, storage, extra_env)
         try:
             deadline = time.monotonic() + 180
             while requests.get(base + "/ready", timeout=5).status_code != 200:
@@ -111,13 +107,38 @@ def main():
                 n = len(judged)
                 results[mode] = {"recall@1": round(r1 / n, 3), "recall@5": round(r5 / n, 3), "mrr@10": round(mrr / n, 3)}
             results["per_question"] = per_question
+            return results
         finally:
             proc.terminate()
             proc.wait(timeout=30)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--keel", default=str(ROOT / "target" / "debug" / "keel"))
+    ap.add_argument("--out", default=str(ROOT / "bench" / "rag-judged.json"))
+    args = ap.parse_args()
+    if not (CORPUS / "index.rst").exists():
+        subprocess.run(["bash", str(ROOT / "scripts" / "fetch-rag-corpus.sh")], check=True)
+    judged = json.loads(QUESTIONS.read_text())["questions"]
+    results = {"embedded": evaluate(args.keel, judged)}
+    sys.path.insert(0, str(ROOT / "tests"))
+    import pg_server
+
+    with tempfile.TemporaryDirectory(prefix="keel-pg-") as tmp, pg_server.PgServer(os.path.join(tmp, "data")) as pg:
+        results["postgres"] = evaluate(args.keel, judged, {"DATABASE_URL": pg.url})
+    # The PostgreSQL store must rank as the embedded one does: every metric within 0.02.
+    results["largest_difference"] = max(
+        abs(results["embedded"][mode][metric] - results["postgres"][mode][metric])
+        for mode in MODES
+        for metric in ("recall@1", "recall@5", "mrr@10")
+    )
     pathlib.Path(args.out).write_text(json.dumps(results, indent=1) + "\n")
-    for mode in MODES:
-        print(mode, results[mode])
-    print("ingest seconds", results["ingest_seconds"], "documents", results["documents"])
+    for backend in ("embedded", "postgres"):
+        for mode in MODES:
+            print(backend, mode, results[backend][mode])
+        print(backend, "ingest seconds", results[backend]["ingest_seconds"], "documents", results[backend]["documents"])
+    print("largest difference between the stores", round(results["largest_difference"], 3))
 
 
 if __name__ == "__main__":
