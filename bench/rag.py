@@ -2,6 +2,7 @@
 embedding throughput of the same server, and search latency at 10k and 100k chunks.
 
     python bench/rag.py [--keel target/release/keel] [--out bench/rag-results.json]
+                        [--stores embedded,postgres] [--sizes 10000,100000]
 
 1. Raw embedding: POST /v1/embeddings with 32 chunk-sized texts per request from two
    clients for --seconds; chunks/s and tokens per chunk.
@@ -11,6 +12,9 @@ embedding throughput of the same server, and search latency at 10k and 100k chun
    sentence each, so about 40-token chunks), to 10,000 and then 100,000 chunks; the 60 judged questions asked three times each per leg
    mix over one keep-alive connection, after a warm-up. p50/p99 in milliseconds, as a
    client sees them (query embedding included).
+
+Steps 2 and 3 run once per store: the embedded one, then PostgreSQL with pgvector
+(tests/pg_server.py starts a throwaway server on loopback), each with its own Keel.
 """
 
 import argparse
@@ -135,13 +139,13 @@ def fill(base, store, sents, target, rng, s, offset):
         count = chunks_stored(base) - offset
         if count >= target:
             return count, time.monotonic() - started
-        # Markdown of 60 short sections: chunks never cross a section, so each is a heading
+        # Markdown of 200 short sections: chunks never cross a section, so each is a heading
         # and one or two real sentences (about 40 tokens). Embedding cost grows with the
         # chunk's length and a scan's does not, so short chunks fill 100k in minutes, not
         # the half hour full-length ones take on two cores.
         ids = []
-        for _ in range(max(1, min(100, (target - count) // 60 + 1))):
-            sections = [f"## Note {n}.{i}\n\n{rng.choice(sents)}" for i in range(60)]
+        for _ in range(max(1, min(50, (target - count) // 200 + 1))):
+            sections = [f"## Note {n}.{i}\n\n{rng.choice(sents)}" for i in range(200)]
             ids.append(upload(s, base, f"fill-{n}.md", "\n\n".join(sections).encode()))
             n += 1
         batch_and_wait(s, base, store, ids, strategy)
@@ -174,6 +178,7 @@ def main():
     ap.add_argument("--seconds", type=float, default=20)
     ap.add_argument("--sizes", default="10000,100000", help="store sizes to search; empty: none")
     ap.add_argument("--workers", type=int, default=None, help="RAG_INGEST_WORKERS for the server")
+    ap.add_argument("--stores", default="embedded,postgres", help="the RAG stores to measure, in order")
     args = ap.parse_args()
     files = corpus_files()
     sents = sentences(files)
@@ -181,32 +186,49 @@ def main():
     # Chunk-sized texts for the raw baseline: runs of sentences of about a chunk's length.
     rng = random.Random(20261202)
     raw_texts = [" ".join(rng.choice(sents) for _ in range(9)) for _ in range(512)]
-    result = {"machine": {"cpu": cpu_name(), "cores": os.cpu_count()}}
-    with tempfile.TemporaryDirectory() as storage:
-        workers = {"RAG_INGEST_WORKERS": str(args.workers)} if args.workers else {}
-        result["ingest_workers"] = args.workers or 2
-        proc, base = start(args.keel, storage, workers)
-        try:
-            wait_ready(base)
-            result["raw_embedding"] = raw_embedding(base, raw_texts, args.seconds)
-            print("raw embedding", result["raw_embedding"], flush=True)
-            result["ingestion"] = ingestion(base, files)
-            result["ingestion"]["fraction_of_raw"] = round(
-                result["ingestion"]["chunks_per_s"] / result["raw_embedding"]["chunks_per_s"], 3)
-            print("ingestion", result["ingestion"], flush=True)
-            s = requests.Session()
-            store = s.post(base + "/v1/vector_stores", json={"name": "latency"}, timeout=30).json()["id"]
-            result["search"] = {}
-            offset = chunks_stored(base)
-            for size in [int(x) for x in args.sizes.split(",") if x]:
-                count, seconds = fill(base, store, sents, size, rng, s, offset)
-                entry = {"chunks_in_server": count, "fill_seconds": round(seconds, 1),
-                         **latency(base, store, questions, s)}
-                result["search"][str(size)] = entry
-                print("search", size, entry, flush=True)
-        finally:
-            proc.terminate()
-            proc.wait(timeout=60)
+    result = {"machine": {"cpu": cpu_name(), "cores": os.cpu_count()},
+              "ingest_workers": args.workers or 2, "stores": {}}
+    workers = {"RAG_INGEST_WORKERS": str(args.workers)} if args.workers else {}
+    sizes = [int(x) for x in args.sizes.split(",") if x]
+    for name in [x for x in args.stores.split(",") if x]:
+        with tempfile.TemporaryDirectory() as storage:
+            if name == "postgres":
+                sys.path.insert(0, str(ROOT / "tests"))
+                import pg_server
+
+                pg = pg_server.PgServer(os.path.join(storage, "pg"))
+                pg.start()
+                env = {**workers, "DATABASE_URL": pg.url}
+            else:
+                pg, env = None, workers
+            proc, base = start(args.keel, storage, env)
+            try:
+                wait_ready(base)
+                if "raw_embedding" not in result:
+                    result["raw_embedding"] = raw_embedding(base, raw_texts, args.seconds)
+                    print("raw embedding", result["raw_embedding"], flush=True)
+                out = result["stores"][name] = {}
+                out["ingestion"] = ingestion(base, files)
+                out["ingestion"]["fraction_of_raw"] = round(
+                    out["ingestion"]["chunks_per_s"] / result["raw_embedding"]["chunks_per_s"], 3)
+                print(name, "ingestion", out["ingestion"], flush=True)
+                s = requests.Session()
+                store = s.post(base + "/v1/vector_stores", json={"name": "latency"}, timeout=30).json()["id"]
+                out["search"] = {}
+                offset = chunks_stored(base)
+                for size in sizes:
+                    count, seconds = fill(base, store, sents, size, rng, s, offset)
+                    entry = {"chunks_in_store": count, "fill_seconds": round(seconds, 1),
+                             **latency(base, store, questions, s)}
+                    out["search"][str(size)] = entry
+                    print(name, "search", size, entry, flush=True)
+                    # Written after every point, so a run cut short keeps what it measured.
+                    pathlib.Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+            finally:
+                proc.terminate()
+                proc.wait(timeout=60)
+                if pg:
+                    pg.stop()
     pathlib.Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
 

@@ -4,8 +4,8 @@
 //! `kill -9` loses nothing committed); raw file bytes live beside it under `files/`, written
 //! to a temporary name, synced and renamed before their row exists. Each vector store has its
 //! own FTS5 table of the analyzer's terms (so BM25's statistics are the store's own), keyed by
-//! the chunk's rowid. Dense search is an exact scan of the store's vectors, held in memory and
-//! reloaded when the store's chunks change.
+//! the chunk's rowid. Dense search scans the store's vectors, held in memory and kept up to
+//! date by every write: exactly below 20k vectors, in 8 bits with exact reranking above.
 //!
 //! A file's chunks are replaced in one transaction ([`SqliteStore::complete`]), so a search
 //! sees a file's old chunks or its new ones, never a mix, and a crash mid-ingest leaves the
