@@ -171,6 +171,47 @@ def latency(base, store, questions, s):
     return out
 
 
+def query_vectors(base, questions):
+    r = requests.post(base + "/v1/embeddings", json={"input": questions}, timeout=120)
+    r.raise_for_status()
+    return [d["embedding"] for d in r.json()["data"]]
+
+
+def embedded_recall(storage, store, vectors):
+    """Recall@10 of the embedded store's dense search against an exact scan of the same
+    vectors (crates/keel-store-sqlite/examples/dense_recall.rs), on the stopped server's
+    folder."""
+    subprocess.run(["cargo", "build", "--release", "-q", "--example", "dense_recall", "-p", "keel-store-sqlite"],
+                   cwd=ROOT, check=True)
+    path = os.path.join(storage, "queries.json")
+    pathlib.Path(path).write_text(json.dumps(vectors))
+    out = subprocess.run([str(ROOT / "target" / "release" / "examples" / "dense_recall"), storage, store, path],
+                         check=True, capture_output=True, text=True).stdout
+    return json.loads(out)
+
+
+def postgres_recall(pg, store, vectors):
+    """Recall@10 of pgvector's HNSW search, as the store runs it, against an exact scan (the
+    same ORDER BY made unindexable), with the plan's index use checked."""
+    database = pg.url.rsplit("/", 1)[1]
+    settings = "SET hnsw.ef_search = 100; SET hnsw.iterative_scan = strict_order;"
+    found = total = 0
+    plan = None
+    for v in vectors:
+        q = "[" + ",".join(repr(x) for x in v) + "]"
+        d = len(v)
+        where = f"store_id = '{store}' AND dims = {d}"
+        ann = f"SELECT id FROM rag_chunks WHERE {where} ORDER BY embedding::vector({d}) <=> '{q}'::vector({d}) LIMIT 10"
+        exact = f"SELECT id FROM rag_chunks WHERE {where} ORDER BY (embedding <=> '{q}'::vector) + 0 LIMIT 10"
+        if plan is None:
+            plan = pg.psql(settings + " EXPLAIN " + ann, database)
+        got = set(pg.psql(settings + ann, database).split())
+        want = pg.psql(exact, database).split()
+        total += len(want)
+        found += sum(1 for i in want if i in got)
+    return {"queries": len(vectors), "recall_at_10": round(found / total, 4), "hnsw_index_used": "hnsw" in plan}
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--keel", default=str(ROOT / "target" / "release" / "keel"))
@@ -202,6 +243,7 @@ def main():
             else:
                 pg, env = None, workers
             proc, base = start(args.keel, storage, env)
+            vectors = None
             try:
                 wait_ready(base)
                 if "raw_embedding" not in result:
@@ -224,11 +266,19 @@ def main():
                     print(name, "search", size, entry, flush=True)
                     # Written after every point, so a run cut short keeps what it measured.
                     pathlib.Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+                vectors = query_vectors(base, questions) if sizes else None
+                if pg and vectors:
+                    out["dense_recall"] = postgres_recall(pg, store, vectors)
             finally:
                 proc.terminate()
                 proc.wait(timeout=60)
                 if pg:
                     pg.stop()
+            if not pg and vectors:
+                out["dense_recall"] = embedded_recall(storage, store, vectors)
+            if vectors:
+                print(name, "dense recall", out["dense_recall"], flush=True)
+            pathlib.Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
     pathlib.Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
 

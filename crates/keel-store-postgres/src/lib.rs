@@ -188,10 +188,10 @@ impl PgStore {
                 Box::pin(async move {
                     // Iterative scans keep walking the graph until `k` rows of this store
                     // pass the store condition, in exact distance order.
-                    conn.execute(sqlx::AssertSqlSafe(format!(
+                    let settings = format!(
                         "SET hnsw.ef_search = {EF_SEARCH}; SET hnsw.iterative_scan = strict_order"
-                    )))
-                    .await?;
+                    );
+                    conn.execute(settings.as_str()).await?;
                     Ok(())
                 })
             })
@@ -248,7 +248,7 @@ impl PgStore {
             listing.id_column,
             args.len()
         );
-        let rows = query(sql, args)
+        let rows = query(&sql, args)
             .fetch_all(&self.pool)
             .await
             .map_err(backend)?;
@@ -307,7 +307,7 @@ impl PgStore {
 
     async fn get_store(&self, owner: &str, id: &str) -> Result<StoreRecord, StoreError> {
         let row = query(
-            format!("{STORE_SELECT} WHERE s.id = $1 AND s.owner = $2 GROUP BY s.id"),
+            &format!("{STORE_SELECT} WHERE s.id = $1 AND s.owner = $2 GROUP BY s.id"),
             vec![Arg::Text(id.into()), Arg::Text(owner.into())],
         )
         .fetch_optional(&self.pool)
@@ -324,7 +324,7 @@ impl PgStore {
         file_id: &str,
     ) -> Result<StoreFileRecord, StoreError> {
         let row = query(
-            format!(
+            &format!(
                 "{STORE_FILE_SELECT} WHERE f.store_id = $1 AND f.file_id = $2 AND s.owner = $3"
             ),
             vec![
@@ -347,7 +347,7 @@ impl PgStore {
         batch_id: &str,
     ) -> Result<BatchRecord, StoreError> {
         let row = query(
-            format!(
+            &format!(
                 "{BATCH_SELECT} WHERE b.id = $1 AND b.store_id = $2 AND s.owner = $3 GROUP BY b.id"
             ),
             vec![
@@ -379,12 +379,11 @@ impl PgStore {
             .execute(&mut *tx)
             .await
             .map_err(backend)?;
-        tx.execute(sqlx::AssertSqlSafe(format!(
+        let create = format!(
             "CREATE INDEX IF NOT EXISTS rag_chunks_hnsw_{dims} ON rag_chunks \
              USING hnsw ((embedding::vector({dims})) vector_cosine_ops) WHERE dims = {dims}"
-        )))
-        .await
-        .map_err(backend)?;
+        );
+        tx.execute(create.as_str()).await.map_err(backend)?;
         tx.commit().await.map_err(backend)?;
         self.indexed
             .lock()
@@ -511,7 +510,7 @@ impl RagStore for PgStore {
         let id = new_id("file-");
         let row = self.run(
             query(
-                format!(
+                &format!(
                     "INSERT INTO rag_files (id, owner, filename, bytes, purpose, created_at, content) \
                      VALUES ($1, $2, $3, $4, $5, {NOW}, $6) \
                      RETURNING id, owner, filename, bytes, purpose, created_at"
@@ -534,7 +533,7 @@ impl RagStore for PgStore {
         let row = self
             .run(
                 query(
-                    format!("{FILE_SELECT} WHERE id = $1 AND owner = $2"),
+                    &format!("{FILE_SELECT} WHERE id = $1 AND owner = $2"),
                     vec![Arg::Text(id.into()), Arg::Text(owner.into())],
                 )
                 .fetch_optional(&self.pool),
@@ -617,7 +616,7 @@ impl RagStore for PgStore {
         let id = new_id("vs_");
         self.run(
             query(
-                format!(
+                &format!(
                     "INSERT INTO rag_stores (id, owner, name, metadata, created_at, last_active_at) \
                      VALUES ($1, $2, $3, $4, {NOW}, {NOW})"
                 ),
@@ -667,7 +666,7 @@ impl RagStore for PgStore {
     ) -> Result<StoreRecord, StoreError> {
         let changed = self.run(
             query(
-                format!(
+                &format!(
                     "UPDATE rag_stores SET name = coalesce($3, name), metadata = coalesce($4, metadata), \
                      last_active_at = {NOW} WHERE id = $1 AND owner = $2"
                 ),
@@ -824,7 +823,7 @@ impl RagStore for PgStore {
             let mut tx = self.pool.begin().await.map_err(backend)?;
             attach_in(&mut tx, owner, store_id, files).await?;
             query(
-                format!("INSERT INTO rag_file_batches (id, store_id, created_at) VALUES ($1, $2, {NOW})"),
+                &format!("INSERT INTO rag_file_batches (id, store_id, created_at) VALUES ($1, $2, {NOW})"),
                 vec![Arg::Text(id.clone()), Arg::Text(store_id.into())],
             )
             .execute(&mut *tx)
@@ -907,7 +906,7 @@ impl RagStore for PgStore {
     fn claim(&self, worker: &str, n: usize, lease: Duration) -> Result<Vec<IngestJob>, StoreError> {
         let rows = self.run(
             query(
-                format!(
+                &format!(
                     "WITH free AS ( \
                         SELECT store_id, file_id FROM rag_store_files \
                         WHERE status = 'in_progress' AND (lease_until IS NULL OR lease_until < {NOW_MS}) \
@@ -1017,7 +1016,7 @@ impl RagStore for PgStore {
             .await
             .map_err(backend)?;
             query(
-                format!("UPDATE rag_stores SET last_active_at = {NOW} WHERE id = $1"),
+                &format!("UPDATE rag_stores SET last_active_at = {NOW} WHERE id = $1"),
                 vec![Arg::Text(job.store_id.clone())],
             )
             .execute(&mut *tx)
@@ -1068,10 +1067,12 @@ impl RagStore for PgStore {
         ];
         let sql = match filter {
             // The partial HNSW index of this dimension, walked in distance order.
+            // The query vector is parsed once, in a sub-select: as a bare `$2::vector`, a
+            // prepared statement's generic plan parses it again for every row (50 ms at 1k).
             None => format!(
-                "SELECT c.id, (1 - (c.embedding::vector({dims}) <=> $2::vector({dims})))::float4 \
+                "SELECT c.id, (1 - (c.embedding::vector({dims}) <=> (SELECT $2::vector({dims}))))::float4 AS score \
                  FROM rag_chunks c WHERE c.store_id = $1 AND c.dims = {dims} \
-                 ORDER BY c.embedding::vector({dims}) <=> $2::vector({dims}) LIMIT $3"
+                 ORDER BY c.embedding::vector({dims}) <=> (SELECT $2::vector({dims})) LIMIT $3"
             ),
             // An exact scan of the chunks whose files pass: however few pass, all `k` are found.
             Some(_) => {
@@ -1079,12 +1080,13 @@ impl RagStore for PgStore {
                 format!(
                     "WITH m AS MATERIALIZED (SELECT c.id, c.embedding FROM rag_chunks c \
                         WHERE c.store_id = $1 AND c.dims = {dims}{clause}) \
-                     SELECT m.id, (1 - (m.embedding <=> $2::vector))::float4 AS score FROM m \
+                     SELECT m.id, (1 - (m.embedding <=> q.v))::float4 AS score \
+                     FROM m CROSS JOIN (SELECT $2::vector AS v) q \
                      ORDER BY score DESC, m.id LIMIT $3"
                 )
             }
         };
-        let rows = self.run(query(sql, args).fetch_all(&self.pool))?;
+        let rows = self.run(query(&sql, args).fetch_all(&self.pool))?;
         rows.iter()
             .map(|r| Ok((r.try_get::<i64, _>(0)?, r.try_get::<f32, _>(1)?)))
             .collect::<Result<_, sqlx::Error>>()
@@ -1114,7 +1116,7 @@ impl RagStore for PgStore {
             "WITH m AS MATERIALIZED ( \
                 SELECT c.id, c.term_count, u.lexeme, array_length(u.positions, 1) AS tf \
                 FROM rag_chunks c CROSS JOIN LATERAL unnest(c.terms) AS u(lexeme, positions, weights) \
-                WHERE c.store_id = $1 AND c.terms @@ $2::tsquery{clause} AND u.lexeme = ANY(${q})), \
+                WHERE c.store_id = $1 AND c.terms @@ (SELECT $2::tsquery){clause} AND u.lexeme = ANY(${q})), \
              df AS (SELECT lexeme, count(*)::float8 AS n FROM m GROUP BY lexeme), \
              s AS (SELECT chunk_count::float8 AS n, \
                 greatest(term_count::float8 / greatest(chunk_count, 1), 1e-9) AS avgdl \
@@ -1125,7 +1127,7 @@ impl RagStore for PgStore {
              GROUP BY m.id ORDER BY score DESC, m.id LIMIT $3",
             q = args.len() + 1
         );
-        let rows = self.run(query(sql, args).bind(lexemes).fetch_all(&self.pool))?;
+        let rows = self.run(query(&sql, args).bind(lexemes).fetch_all(&self.pool))?;
         rows.iter()
             .map(|r| Ok((r.try_get::<i64, _>(0)?, r.try_get::<f64, _>(1)?)))
             .collect::<Result<_, sqlx::Error>>()

@@ -2,7 +2,7 @@
 
 use sqlx::postgres::PgArguments;
 use sqlx::query::Query;
-use sqlx::{AssertSqlSafe, Postgres};
+use sqlx::Postgres;
 
 /// One bound parameter of a statement built at run time.
 #[derive(Debug, Clone)]
@@ -15,8 +15,8 @@ pub(crate) enum Arg {
 
 /// A statement whose SQL is assembled from this crate's own fragments and placeholder
 /// numbers; every value a client chose is in `args`, never in `sql`.
-pub(crate) fn query(sql: String, args: Vec<Arg>) -> Query<'static, Postgres, PgArguments> {
-    let mut q = sqlx::query(AssertSqlSafe(sql));
+pub(crate) fn query(sql: &str, args: Vec<Arg>) -> Query<'_, Postgres, PgArguments> {
+    let mut q = sqlx::query(sql);
     for a in args {
         q = match a {
             Arg::Text(s) => q.bind(s),

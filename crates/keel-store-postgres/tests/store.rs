@@ -30,7 +30,7 @@ fn fresh_database(rt: &Runtime) -> String {
     rt.block_on(async {
         let mut admin = PgConnection::connect(&url).await.unwrap();
         admin
-            .execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(format!("CREATE DATABASE {name}").as_str())
             .await
             .unwrap();
     });
