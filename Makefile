@@ -41,11 +41,13 @@ $(LLM_BENCH_VENV)/.installed: bench/llm-requirements.txt
 		$(LLM_BENCH_VENV)/bin/pip install -q -r bench/llm-requirements.txt
 	touch $@
 
-## RAG: ingestion against raw embedding throughput, search p50/p99 at 10k and 100k chunks
-## (bench/rag-results.json), and retrieval quality on the judged set (bench/rag-judged.json).
+## RAG on both stores: ingestion against raw embedding throughput, search p50/p99 at 10k and
+## 100k chunks and dense recall (bench/rag-results.json), retrieval quality on the judged set
+## (bench/rag-judged.json), and answer time split retrieve/generate (bench/rag-answer.json).
 bench-rag: models release $(TEST_VENV)/.installed
 	$(TEST_VENV)/bin/python bench/rag.py --keel target/release/keel
 	$(TEST_VENV)/bin/python bench/rag_judged.py --keel target/release/keel
+	$(TEST_VENV)/bin/python bench/rag_answer.py --keel target/release/keel
 
 IMAGES_BENCH_VENV := .cache/bench-images-venv
 
