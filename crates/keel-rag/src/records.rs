@@ -186,6 +186,50 @@ impl Default for ListQuery {
     }
 }
 
+/// How a store reads one page of a [`ListQuery`]: the rows past `cursor` (ids smaller when
+/// `descending`, else larger), in that order, `fetch` of them; [`ReadPlan::page`] makes the
+/// page of what it read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReadPlan<'a> {
+    pub cursor: Option<&'a str>,
+    pub descending: bool,
+    /// One more than the page holds: whether it was read tells `has_more`.
+    pub fetch: usize,
+    limit: usize,
+    /// `before` reads back from its cursor, against the list's order; the page is flipped.
+    flip: bool,
+}
+
+impl ListQuery {
+    /// `after` continues in the list's order; `before` walks back from the cursor, so it
+    /// reads in the opposite order and flips the page.
+    pub fn plan(&self) -> ReadPlan<'_> {
+        let (cursor, forward) = match (&self.after, &self.before) {
+            (Some(a), _) => (Some(a.as_str()), true),
+            (None, Some(b)) => (Some(b.as_str()), false),
+            (None, None) => (None, true),
+        };
+        ReadPlan {
+            cursor,
+            descending: self.descending == forward,
+            fetch: self.limit + 1,
+            limit: self.limit,
+            flip: !forward,
+        }
+    }
+}
+
+impl ReadPlan<'_> {
+    pub fn page<T>(&self, mut items: Vec<T>) -> Page<T> {
+        let has_more = items.len() > self.limit;
+        items.truncate(self.limit);
+        if self.flip {
+            items.reverse();
+        }
+        Page { items, has_more }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct Page<T> {
     pub items: Vec<T>,

@@ -226,21 +226,14 @@ impl PgStore {
         q: &ListQuery,
         map: fn(&PgRow) -> Result<T, sqlx::Error>,
     ) -> Result<Page<T>, StoreError> {
-        // `after` continues in the list's order; `before` walks back from the cursor, so it
-        // reads in the opposite order and flips the page.
-        let (cursor, forward) = match (&q.after, &q.before) {
-            (Some(a), _) => (Some(a), true),
-            (None, Some(b)) => (Some(b), false),
-            (None, None) => (None, true),
-        };
-        let descending = q.descending == forward;
-        if let Some(c) = cursor {
-            args.push(Arg::Text(c.clone()));
-            let op = if descending { "<" } else { ">" };
+        let plan = q.plan();
+        if let Some(c) = plan.cursor {
+            args.push(Arg::Text(c.to_owned()));
+            let op = if plan.descending { "<" } else { ">" };
             where_sql.push_str(&format!(" AND {} {op} ${}", listing.id_column, args.len()));
         }
-        let order = if descending { "DESC" } else { "ASC" };
-        args.push(Arg::I64(q.limit as i64 + 1));
+        let order = if plan.descending { "DESC" } else { "ASC" };
+        args.push(Arg::I64(plan.fetch as i64));
         let sql = format!(
             "{} WHERE {where_sql} {} ORDER BY {} {order} LIMIT ${}",
             listing.select,
@@ -252,17 +245,12 @@ impl PgStore {
             .fetch_all(&self.pool)
             .await
             .map_err(backend)?;
-        let mut items = rows
+        let items = rows
             .iter()
             .map(map)
             .collect::<Result<Vec<T>, _>>()
             .map_err(backend)?;
-        let has_more = items.len() > q.limit;
-        items.truncate(q.limit);
-        if !forward {
-            items.reverse();
-        }
-        Ok(Page { items, has_more })
+        Ok(plan.page(items))
     }
 
     async fn page_store_files(

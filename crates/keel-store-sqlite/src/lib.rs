@@ -346,38 +346,26 @@ impl SqliteStore {
         q: &ListQuery,
         map: fn(&Row) -> rusqlite::Result<T>,
     ) -> Result<Page<T>, StoreError> {
-        // `after` continues in the list's order; `before` walks back from the cursor, so it
-        // reads in the opposite order and flips the page.
-        let (cursor, forward) = match (&q.after, &q.before) {
-            (Some(a), _) => (Some(a), true),
-            (None, Some(b)) => (Some(b), false),
-            (None, None) => (None, true),
-        };
-        let descending = q.descending == forward;
-        if let Some(c) = cursor {
-            args.push(c.clone().into());
-            let op = if descending { "<" } else { ">" };
+        let plan = q.plan();
+        if let Some(c) = plan.cursor {
+            args.push(c.to_owned().into());
+            let op = if plan.descending { "<" } else { ">" };
             where_sql.push_str(&format!(" AND {id_column} {op} ?{}", args.len()));
         }
-        let order = if descending { "DESC" } else { "ASC" };
-        args.push((q.limit as i64 + 1).into());
+        let order = if plan.descending { "DESC" } else { "ASC" };
+        args.push((plan.fetch as i64).into());
         let sql = format!(
             "{select} WHERE {where_sql} ORDER BY {id_column} {order} LIMIT ?{}",
             args.len()
         );
         let conn = self.conn();
         let mut stmt = conn.prepare(&sql).map_err(backend)?;
-        let mut items: Vec<T> = stmt
+        let items: Vec<T> = stmt
             .query_map(params_from_iter(args), map)
             .map_err(backend)?
             .collect::<Result<_, _>>()
             .map_err(backend)?;
-        let has_more = items.len() > q.limit;
-        items.truncate(q.limit);
-        if !forward {
-            items.reverse();
-        }
-        Ok(Page { items, has_more })
+        Ok(plan.page(items))
     }
 }
 
