@@ -945,6 +945,7 @@ impl RagStore for PgStore {
 
     fn complete(&self, job: &IngestJob, chunks: &[NewChunk]) -> Result<bool, StoreError> {
         let mut dims: Vec<usize> = chunks.iter().map(|c| c.embedding.len()).collect();
+        dims.sort_unstable();
         dims.dedup();
         let mut texts = Vec::with_capacity(chunks.len());
         let mut headings = Vec::with_capacity(chunks.len());
